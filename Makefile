@@ -1,0 +1,43 @@
+# Set-up and everyday commands. `make demo` and `make test` each work on a fresh machine.
+#
+# The virtual environment reuses a torch that is already installed (so that set-up never downloads a
+# second one); otherwise it installs TORCH (the local CPU build on the project's machines).
+# The extension is built without build isolation, against that torch.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+HAVE_TORCH := $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo yes)
+
+.PHONY: demo test bench install clean
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/nst-fast --size 256 -o demo.png
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed-test
+	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/cuda/*.cu csrc/cuda/*.h)
+ifeq ($(HAVE_TORCH),yes)
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+else
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install "$(TORCH)"
+endif
+	$(PIP) install "setuptools>=64" wheel "pybind11>=2.10" ninja
+	$(PIP) install --no-build-isolation -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install --no-build-isolation -e ".[test]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info nst_fast/_C*.so

@@ -1,0 +1,134 @@
+"""Images in and out: PIL images, paths and tensors ↔ float32 RGB tensors in [0, 1], N×3×H×W."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+
+
+def load_image(source) -> torch.Tensor:
+    """A path, PIL image or tensor → 1×3×H×W float32 RGB in [0, 1] on the CPU.
+
+    EXIF orientation is applied. Tensors may be 3×H×W or 1×3×H×W, floating point in [0, 1].
+    """
+    if isinstance(source, torch.Tensor):
+        return _check_tensor(source)
+    if isinstance(source, Image.Image):
+        return pil_to_tensor(source)
+    if isinstance(source, (str, os.PathLike)):
+        return pil_to_tensor(read_image(source))
+    raise ImageError(f"expected an image path, PIL image or tensor, got {type(source).__name__}")
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image file, or raise :class:`ImageError` naming the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"image not found: {path}")
+    if path.is_dir():
+        raise ImageError(f"expected an image file, got a directory: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except UnidentifiedImageError:
+        raise ImageError(f"not an image (or a format Pillow cannot read): {path}") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"image too large: {path}: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"cannot read image {path}: {' '.join(str(e).split())}") from None
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    if image.width < 1 or image.height < 1:
+        raise ImageError(f"image has no pixels ({image.width}×{image.height})")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: keep its precision.
+        array = np.asarray(image, dtype=np.float32) / (65535.0 if image.mode != "I" else max(np.max(image), 1))
+        array = np.repeat(array[..., None], 3, axis=2)
+    else:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """1×3×H×W or 3×H×W float in [0, 1] → 8-bit RGB PIL image."""
+    image = image.detach()
+    if image.dim() == 4:
+        if image.shape[0] != 1:
+            raise ValueError(f"expected a single image, got a batch of {image.shape[0]}")
+        image = image[0]
+    array = image.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array, "RGB")
+
+
+def _check_tensor(image: torch.Tensor) -> torch.Tensor:
+    if image.dim() == 3:
+        image = image.unsqueeze(0)
+    if image.dim() != 4 or image.shape[:2] != (1, 3):
+        raise ImageError(f"an image tensor must be 3×H×W or 1×3×H×W RGB, got shape {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise ImageError(f"an image tensor must be floating point in [0, 1], got {image.dtype}")
+    if not torch.isfinite(image).all():
+        raise ImageError("the image tensor holds NaN or infinite values")
+    return image.detach().float().cpu().clamp(0, 1)
+
+
+def resize_longest(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize N×3×H×W so that its longest side is ``size`` px, keeping the aspect ratio (antialiased)."""
+    h, w = image.shape[-2:]
+    scale = size / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    if (new_h, new_w) == (h, w):
+        return image
+    out = F.interpolate(image, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+    return out.clamp_(0, 1)
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """The Pillow format that ``path``'s extension names, or :class:`ImageError`."""
+    ext = Path(path).suffix.lower()
+    formats = Image.registered_extensions()
+    if ext not in formats or formats[ext] not in Image.SAVE:
+        raise ImageError(f"unknown output image extension {ext or '(none)'!r} in {path}; use .png, .jpg, .webp or .tif")
+    return formats[ext]
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Check, before any work, that an image can be written at ``path``."""
+    path = Path(path)
+    output_format(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ImageError(f"output directory does not exist: {parent}")
+    if path.is_dir():
+        raise ImageError(f"output path is a directory: {path}")
+    return path
+
+
+def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, **save_args) -> Path:
+    """Write ``image`` atomically: into a temporary file beside ``path``, then renamed over it.
+
+    A failure leaves any existing file at ``path`` untouched.
+    """
+    path = check_output_path(path)
+    pil = image if isinstance(image, Image.Image) else tensor_to_pil(image)
+    fmt = output_format(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pil.save(f, format=fmt, **save_args)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,125 @@
+"""The reference implementation: Gatys et al.'s optimization, step by step, in plain float32 PyTorch.
+
+Readable on purpose and kept that way: it is the oracle that every fast path is checked against, and the
+baseline of every benchmark. The network is frozen; the image is the parameter; autograd supplies the
+gradient; ``torch.optim.LBFGS`` or ``Adam`` updates it; the image is kept in [0, 1].
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import torch
+
+from .callbacks import Callback, Iterate
+from .losses import StyleTransferLoss, content_energy, style_energy, style_target
+from .options import Options
+from .vgg import VGG19
+
+
+def style_targets(model: VGG19, styles: list[torch.Tensor], blend: list[float], layers) -> dict[str, torch.Tensor]:
+    """{layer: Σ_i w_i·N_S_i}: the blend of the styles' normalized Gram matrices (weights sum to 1).
+
+    Matching the blended Gram matrix has the same gradient as the weighted sum of per-style losses.
+    """
+    total = sum(blend)
+    targets: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for image, weight in zip(styles, blend):
+            acts = model(image)
+            for name in layers:
+                term = style_target(acts[name]) * (weight / total)
+                targets[name] = term if name not in targets else targets[name] + term
+    return targets
+
+
+def content_targets(model: VGG19, content: torch.Tensor, layers) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        acts = model(content)
+        return {name: acts[name] for name in layers}
+
+
+def initial_image(content: torch.Tensor, options: Options) -> torch.Tensor:
+    """Content, uniform noise, or their mix; the noise comes from a CPU generator seeded with ``seed``,
+    so a seed gives the same start on every device."""
+    if options.init == "content":
+        return content.clone()
+    generator = torch.Generator().manual_seed(options.seed)
+    noise = torch.rand(content.shape, generator=generator).to(content.device, content.dtype)
+    if options.init == "noise":
+        return noise
+    r = options.noise_ratio
+    return (1 - r) * content + r * noise
+
+
+def build_loss(
+    model: VGG19, content: torch.Tensor, targets: Mapping[str, torch.Tensor], options: Options
+) -> StyleTransferLoss:
+    """The loss against ``content``'s activations and the style ``targets``.
+
+    With ``normalize_losses``, each term's weight is divided by the term's value at an all-zero
+    activation (its target's scale), which makes α, β and λ independent of the weights' scale.
+    """
+    c_targets = content_targets(model, content, options.content_layers)
+    content_scale = {name: 1.0 for name in c_targets}
+    layer_weights = options.layer_weights
+    if options.normalize_losses:
+        content_scale = {name: 1.0 / content_energy(a).item() for name, a in c_targets.items()}
+        layer_weights = {name: w / style_energy(targets[name]).item() for name, w in layer_weights.items()}
+    return StyleTransferLoss(
+        c_targets, targets, layer_weights, options.content_weight, options.style_weight, options.tv_weight,
+        content_layer_weights=content_scale, impl=options.impl,
+    )  # fmt: skip
+
+
+def optimize(
+    model: VGG19,
+    loss_fn: StyleTransferLoss,
+    image: torch.Tensor,
+    options: Options,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Optimize ``image`` (the initial image, modified in place) for ``options.steps`` evaluations of the
+    loss; return it clamped to [0, 1]. ``callback`` receives an :class:`Iterate` after each one."""
+    image = image.detach().requires_grad_(True)
+    if options.optimizer == "lbfgs":
+        # One .step() runs the whole optimization; negative tolerances disable early stopping, so that
+        # every run does exactly ``steps`` iterations.
+        optimizer = torch.optim.LBFGS(
+            [image], lr=options.learning_rate, max_iter=options.steps, max_eval=options.steps,
+            tolerance_grad=-1, tolerance_change=-1, history_size=100,
+        )  # fmt: skip
+    else:
+        optimizer = torch.optim.Adam([image], lr=options.learning_rate)
+    start = time.perf_counter()
+    step = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal step
+        with torch.no_grad():
+            image.clamp_(0, 1)
+        optimizer.zero_grad(set_to_none=True)
+        loss, terms = loss_fn(model(image), image)
+        loss.backward()
+        step += 1
+        if callback is not None:
+            callback(Iterate(step, options.steps, loss.item(), {k: v.item() for k, v in terms.items()},
+                             time.perf_counter() - start, image.detach()))  # fmt: skip
+        return loss
+
+    if options.steps > 0:
+        if options.optimizer == "lbfgs":
+            optimizer.step(closure)
+        else:
+            for _ in range(options.steps):
+                optimizer.step(closure)
+    with torch.no_grad():
+        return image.detach().clamp_(0, 1)
+
+
+def evaluate_loss(model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor) -> dict[str, float]:
+    """The loss and its terms at ``image``, in float32 — the judge of any fast path's output."""
+    with torch.no_grad():
+        loss, terms = loss_fn(model(image.float()), image.float())
+    return {"total": loss.item(), **{k: v.item() for k, v in terms.items()}}

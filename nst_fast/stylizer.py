@@ -1,0 +1,96 @@
+"""The library API: :class:`Stylizer` (style targets computed once, many content images) and :func:`stylize`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+from . import reference
+from .callbacks import Callback
+from .errors import ImageError, OptionsError
+from .image import load_image, resize_longest, tensor_to_pil
+from .options import Options
+from .vgg import VGG19
+from .weights import load_weights
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else must name a device that is there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise OptionsError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionsError(f"device {name!r} requested, but this machine has no usable CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise OptionsError(f"device {name!r} requested, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
+    elif device.type not in ("cpu", "mps", "xpu"):
+        raise OptionsError(f"unsupported device {name!r}; use auto, cpu or cuda")
+    return device
+
+
+class Stylizer:
+    """Stylizes content images with one style (or a blend of styles), whose targets are computed once.
+
+    Args:
+        style: a style image (path, PIL image or tensor), or a sequence of them to blend.
+        options: an :class:`Options`; keyword arguments override its fields.
+        style_blend: one weight per style image (default: equal).
+
+    >>> stylizer = Stylizer("starry_night.jpg", size=256)          # doctest: +SKIP
+    >>> stylizer.stylize("tubingen.jpg").save("out.png")           # doctest: +SKIP
+    """
+
+    def __init__(self, style, options: Options | None = None, *, style_blend: Sequence[float] | None = None,
+                 **overrides):  # fmt: skip
+        self.options = (options or Options()).replace(**overrides)
+        opts = self.options
+        styles = list(style) if isinstance(style, (list, tuple)) else [style]
+        if not styles:
+            raise OptionsError("at least one style image is needed")
+        blend = [1.0] * len(styles) if style_blend is None else [float(w) for w in style_blend]
+        if len(blend) != len(styles):
+            raise OptionsError(f"{len(blend)} style blend weights given for {len(styles)} style images")
+        if any(not w >= 0 for w in blend) or sum(blend) <= 0:
+            raise OptionsError(f"style blend weights must be non-negative with a positive sum, got {blend}")
+        self.device = resolve_device(opts.device)
+        self.model = VGG19(opts.layers, load_weights(opts.weights), opts.pooling).to(self.device)
+        style_size = max(1, round(opts.size * opts.style_scale))
+        images = [self._prepare(load_image(s), style_size, "style") for s in styles]
+        self.style_targets = reference.style_targets(self.model, images, blend, opts.style_layers)
+
+    def _prepare(self, image: torch.Tensor, size: int, what: str) -> torch.Tensor:
+        image = resize_longest(image, size)
+        h, w = image.shape[-2:]
+        if min(h, w) < self.options.min_size:
+            raise ImageError(
+                f"the {what} image is {w}×{h} px at this size; layers up to {self.model.last_layer} need at "
+                f"least {self.options.min_size} px on each side (raise --size or choose shallower layers)"
+            )
+        return image.to(self.device)
+
+    def stylize_tensor(self, content, callback: Callback | None = None) -> torch.Tensor:
+        """Like :meth:`stylize`, returning a 1×3×H×W float tensor in [0, 1] on the CPU."""
+        opts = self.options
+        content = self._prepare(load_image(content), opts.size, "content")
+        loss_fn = reference.build_loss(self.model, content, self.style_targets, opts)
+        image = reference.initial_image(content, opts)
+        return reference.optimize(self.model, loss_fn, image, opts, callback).cpu()
+
+    def stylize(self, content, callback: Callback | None = None) -> Image.Image:
+        """Stylize ``content`` (path, PIL image or tensor) and return the result as a PIL image."""
+        return tensor_to_pil(self.stylize_tensor(content, callback))
+
+
+def stylize(content, style, callback: Callback | None = None, **options) -> Image.Image:
+    """Stylize one content image with ``style`` (one image or a list to blend); keyword arguments are
+    :class:`Options` fields. Returns a PIL image."""
+    style_blend = options.pop("style_blend", None)
+    return Stylizer(style, style_blend=style_blend, **options).stylize(content, callback)
+
+

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
+
+
+def shared_image(name: str) -> Path:
+    """A photo or painting from ../shared/images; the test is skipped, with the reason, without it."""
+    path = SHARED_IMAGES / name
+    if not path.is_file():
+        pytest.skip(f"{path} is absent: the shared test images live in ../shared/images beside the checkout")
+    return path
+
+
+@pytest.fixture
+def tubingen() -> Path:
+    return shared_image("tubingen.jpg")
+
+
+@pytest.fixture
+def starry_night() -> Path:
+    return shared_image("starry_night.jpg")
+
+
+@pytest.fixture
+def the_scream() -> Path:
+    return shared_image("the_scream.jpg")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,166 @@
+"""The nst_fast:: operators: the extension against the reference and float64, registration, fallback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nst_fast import _ext, ops
+
+needs_ext = pytest.mark.skipif(not _ext.AVAILABLE, reason=f"nst_fast._C not built ({_ext.IMPORT_ERROR})")
+
+SHAPES = [(1, 3, 7, 5), (2, 64, 9, 11), (3, 16, 1, 1), (2, 8, 33, 17)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+def feats(shape, dtype=torch.float32, channels_last=False):
+    x = (torch.rand(shape) * 2 + 0.05).to(dtype)
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
+def target_for(x, batch=1):
+    # A symmetric target, as Gram targets are.
+    c = x.shape[1]
+    m = torch.rand(batch, c, c, dtype=torch.float64)
+    return ((m + m.transpose(1, 2)) / 2).float()
+
+
+def f64_style_loss(x, a, scale):
+    f = x.double().reshape(x.shape[0], x.shape[1], -1)
+    g = scale * f @ f.transpose(1, 2)
+    return ((g - a.double()) ** 2).sum()
+
+
+def assert_close(x, y, rtol):
+    x, y = x.double(), y.double()
+    err = ((x - y).abs().max() / y.abs().max()).item()
+    assert err <= rtol, f"relative error {err:.3g} > {rtol}"
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ext_gram_matches_reference_and_float64(shape, dtype, channels_last):
+    x = feats(shape, dtype, channels_last)
+    scale = 1.0 / (shape[2] * shape[3])
+    out = ops.gram(x, scale, impl="ext")
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert out.shape == (shape[0], shape[1], shape[1])
+    f = x.double().reshape(shape[0], shape[1], -1)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert_close(out, scale * f @ f.transpose(1, 2), rtol)
+    assert_close(out, ops.gram(x, scale, impl="ref"), rtol)
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("target_batch", [0, 1, "B"])
+def test_ext_style_loss_and_gradient(shape, dtype, channels_last, target_batch):
+    x = feats(shape, dtype, channels_last).requires_grad_()
+    scale = 1.0 / (shape[2] * shape[3])
+    a = target_for(x, shape[0] if target_batch == "B" else 1)
+    a = a[0] if target_batch == 0 else a
+    a = a.to(torch.float64) if dtype == torch.float64 else a
+    loss = ops.style_loss(x, a, scale, impl="ext")
+    (grad,) = torch.autograd.grad(loss, x)
+    assert loss.dim() == 0 and grad.dtype == dtype and grad.shape == x.shape
+    assert grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    x64 = x.detach().double().requires_grad_()
+    expected = f64_style_loss(x64, a.double() if a.dim() == 3 else a.double()[None], scale)
+    (expected_grad,) = torch.autograd.grad(expected, x64)
+    rtol = 1e-10 if dtype == torch.float64 else 1e-4 if dtype == torch.float32 else 2e-2
+    assert_close(loss, expected, rtol)
+    assert_close(grad, expected_grad, rtol)
+
+    ref = ops.style_loss(x, a, scale, impl="ref")
+    (ref_grad,) = torch.autograd.grad(ref, x)
+    assert_close(loss, ref, rtol)
+    assert_close(grad, ref_grad, rtol)
+
+
+@needs_ext
+def test_gradcheck_float64():
+    x = feats((2, 5, 3, 4), torch.float64).requires_grad_()
+    a = target_for(x, 2).double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda f, t: ops.style_loss(f, t, 0.1, impl="ext"), (x, a))
+    assert torch.autograd.gradcheck(lambda f, t: ops.style_loss(f, t, 0.1, impl="ext"), (x, a[:1].detach().requires_grad_()))
+    assert torch.autograd.gradcheck(lambda f: ops.gram(f, 0.3, impl="ext"), (x,))
+    x_cl = feats((2, 5, 3, 4), torch.float64, channels_last=True).requires_grad_()
+    assert torch.autograd.gradcheck(lambda f: ops.style_loss(f, a[0].detach(), 0.1, impl="ext"), (x_cl,))
+
+
+@needs_ext
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck(channels_last):
+    x = feats((2, 8, 5, 3), channels_last=channels_last)
+    a = target_for(x)
+    grad = torch.tensor(1.5)
+    diff = ops.gram(x, 0.2, impl="ext") - a
+    torch.library.opcheck(torch.ops.nst_fast.gram.default, (x.requires_grad_(), 0.2))
+    torch.library.opcheck(torch.ops.nst_fast.style_loss.default, (x, a, 0.2))
+    torch.library.opcheck(torch.ops.nst_fast.style_loss_backward.default, (grad, x.detach(), diff, 0.2))
+
+
+@needs_ext
+def test_torch_compile_traces_the_ops_fullgraph():
+    x = feats((2, 8, 6, 5)).requires_grad_()
+    a = target_for(x)
+
+    def loss_fn(f):
+        return ops.style_loss(f, a, 1 / 30, impl="ext") + ops.gram(f, 0.5, impl="ext").sum()
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    loss = compiled(x)
+    (grad,) = torch.autograd.grad(loss, x)
+    expected = loss_fn(x)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    assert_close(loss, expected, 1e-6)
+    assert_close(grad, expected_grad, 1e-6)
+
+
+def test_impl_argument_is_checked():
+    with pytest.raises(ValueError, match="impl"):
+        ops.gram(feats((1, 3, 4, 4)), impl="fast")
+
+
+def test_style_target_shape_is_checked():
+    with pytest.raises(ValueError, match="does not fit"):
+        ops.style_loss(feats((2, 4, 3, 3)), torch.rand(5, 5), 1.0)
+
+
+def test_package_works_without_the_extension(tmp_path):
+    """With nst_fast._C unimportable, the package warns once and computes with the reference."""
+    code = """
+import sys, warnings
+sys.modules["nst_fast._C"] = None  # makes `from . import _C` raise ImportError
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import torch, nst_fast
+    from nst_fast import _ext, losses, ops
+assert not _ext.AVAILABLE
+assert sum("nst_fast._C is not available" in str(w.message) for w in caught) == 1, caught
+a = torch.rand(1, 4, 5, 5, dtype=torch.float64) + 0.1
+assert torch.allclose(ops.gram(a), ops.gram_ref(a))
+try:
+    ops.gram(a, impl="ext")
+except RuntimeError as e:
+    assert "not loaded" in str(e)
+else:
+    raise AssertionError("impl='ext' without the extension must fail")
+img = nst_fast.stylize(torch.rand(3, 40, 40), torch.rand(3, 40, 40), size=32, steps=2,
+                       style_layers="relu1_1,relu2_1", content_layers="relu2_2")
+assert img.size == (32, 32)
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
