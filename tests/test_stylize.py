@@ -52,7 +52,7 @@ def test_api_accepts_paths_pil_and_tensors(tubingen, starry_night):
                (str(tubingen), Image.open(starry_night)), (tensor, load_image(starry_night))]]  # fmt: skip
     assert all(isinstance(o, Image.Image) and o.size == outputs[0].size for o in outputs)
     assert max(outputs[0].size) == 48 and outputs[0].size[0] > outputs[0].size[1]  # tubingen is landscape
-    a, b = (torch.from_numpy(np.asarray(o)) for o in outputs[:2])
+    a, b = (torch.from_numpy(np.array(o)) for o in outputs[:2])
     assert torch.equal(a, b), "the same inputs given as path and PIL must give the same output"
     del pil
 

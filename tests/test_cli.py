@@ -1,0 +1,117 @@
+"""The nst-fast command, through main(argv): runs, help, and one-line errors that touch nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from nst_fast.cli import main
+
+TINY = ["--size", "40", "--steps", "2", "-q"]
+
+
+@pytest.fixture
+def images(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    for name in ("content", "style"):
+        array = (torch.rand(48, 64, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        Image.fromarray(array).save(tmp_path / f"{name}.png")
+    return tmp_path / "content.png", tmp_path / "style.png"
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_stylizes_to_the_output_path(images, tmp_path, capsys):
+    content, style = images
+    code, _, err = run([content, style, "-o", tmp_path / "out.jpg", *TINY], capsys)
+    assert code == 0 and err == ""
+    with Image.open(tmp_path / "out.jpg") as out:
+        assert out.format == "JPEG" and out.size == (40, 30)
+
+
+def test_reports_progress_and_time(images, tmp_path, capsys):
+    content, style = images
+    code, _, err = run([content, style, "-o", tmp_path / "out.png", "--size", "40", "--steps", "2"], capsys)
+    assert code == 0
+    assert "step 2/2" in err and "wrote" in err and " s" in err
+
+
+def test_built_in_samples_when_no_images_are_given(tmp_path, capsys):
+    code, _, err = run(["-o", tmp_path / "demo.png", "--size", "32", "--steps", "1"], capsys)
+    assert code == 0 and "built-in sample" in err
+    assert Image.open(tmp_path / "demo.png").size[1] == 32  # the portrait is taller than wide
+
+
+def test_help_shows_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for text in ("--style-weight X", "(default: 20.0)", "--content-layers", "(default: relu4_2)", "--pooling",
+                 "{max,avg}", "--no-normalize-losses", "examples:"):  # fmt: skip
+        assert text in out, text
+
+
+def test_list_layers(capsys):
+    code, out, _ = run(["--list-layers"], capsys)
+    assert code == 0 and out.split()[0] == "conv1_1" and "relu4_2" in out.split() and len(out.split()) == 37
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c, s: [c.with_name("missing.jpg"), s], "image not found"),
+        (lambda c, s: [c, s.with_name("missing.png")], "image not found"),
+        (lambda c, s: [c], "a STYLE image is needed"),
+        (lambda c, s: [c, s, "--style-layers", "relu1_1,relu7_1"], "unknown VGG-19 layer 'relu7_1'"),
+        (lambda c, s: [c, s, "--style-weight", "nan"], "style_weight must be a finite number"),
+        (lambda c, s: [c, s, "--content-weight", "-1"], "content_weight must not be negative"),
+        (lambda c, s: [c, s, "--style-layer-weights", "1,2"], "2 style layer weights given for 5"),
+        (lambda c, s: [c, s, "--style-blend", "1,2"], "2 style blend weights given for 1"),
+        (lambda c, s: [c, s, "--device", "cuda"], "no usable CUDA GPU"),
+        (lambda c, s: [c, s, "--weights", c.with_name("vgg.pth")], "weights file not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_touches_nothing(images, tmp_path, capsys, change, message):
+    if message == "no usable CUDA GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    content, style = images
+    out = tmp_path / "out.png"
+    out.write_bytes(b"precious")
+    code, stdout, err = run([*change(content, style), "-o", out, *TINY], capsys)
+    assert code == 2
+    assert message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["content.png", "out.png", "style.png"]
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [("missing/out.png", "output directory does not exist"), ("out.xyz", "unknown output image extension")],
+)
+def test_bad_output_paths(images, tmp_path, capsys, output, message):
+    content, style = images
+    code, _, err = run([content, style, "-o", tmp_path / output, *TINY], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_non_numeric_values_are_usage_errors(images, capsys):
+    content, style = images
+    with pytest.raises(SystemExit) as e:
+        main([str(content), str(style), "--style-weight", "lots"])
+    assert e.value.code == 2
+    assert "invalid float value: 'lots'" in capsys.readouterr().err
+
+
+def test_not_an_image(images, tmp_path, capsys):
+    content, style = images
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture")
+    code, _, err = run([bad, style, "-o", tmp_path / "out.png", *TINY], capsys)
+    assert code == 2 and "not an image" in err and not (tmp_path / "out.png").exists()
