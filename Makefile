@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 HAVE_TORCH := $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo yes)
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-smoke install clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/nst-fast --size 256 -o demo.png
@@ -19,8 +19,14 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest
 
+# The pytest-benchmark suites, saved as JSON (see benchmarks/README.md).
+BENCH_JSON ?= benchmarks/results/pytest-benchmark.json
 bench: $(VENV)/.installed-test
-	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only
+	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only --benchmark-json=$(BENCH_JSON)
+
+# One untimed pass of every benchmark at the smallest size (CI), so that the suites never rot.
+bench-smoke: $(VENV)/.installed-test
+	NST_FAST_BENCH_SMOKE=1 $(PY) -m pytest benchmarks -q --benchmark-disable
 
 install: $(VENV)/.installed
 

@@ -1,44 +1,23 @@
-"""Helpers of the benchmark suites: machine facts for every result, device synchronisation, test images."""
+"""Helpers of the benchmark suites: smoke mode, sizes, devices, machine facts for every result."""
 
 from __future__ import annotations
 
-import platform
-import subprocess
-from pathlib import Path
+import os
 
-import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_IMAGES = ROOT.parent / "shared" / "images"
+from nst_fast.bench import default_images, machine_info, synchronize  # noqa: F401 — re-exported
+
+# NST_FAST_BENCH_SMOKE=1 (CI): one round at the smallest size, so that the suites never rot.
+SMOKE = os.environ.get("NST_FAST_BENCH_SMOKE", "0") == "1"
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def machine_info() -> dict:
-    info = {
-        "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "threads": torch.get_num_threads(),
-    }
-    try:
-        info["commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        info["commit"] = None
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+def sizes(default: str, smoke: str) -> list[int]:
+    """Image sizes: NST_FAST_BENCH_SIZES if set, else ``default`` (``smoke`` in smoke mode)."""
+    text = os.environ.get("NST_FAST_BENCH_SIZES") or (smoke if SMOKE else default)
+    return [int(s) for s in text.split(",")]
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def shared_image(name: str) -> Path:
-    path = SHARED_IMAGES / name
-    if not path.is_file():
-        pytest.skip(f"{path} is absent: the shared test images live in ../shared/images")
-    return path
+def rounds(full: int) -> int:
+    return 1 if SMOKE else full

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from pathlib import Path
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -18,7 +19,11 @@ Stylize CONTENT with STYLE: optimize an image whose VGG-19 features match the co
 whose Gram matrices match the style image's (Gatys, Ecker & Bethge 2015).
 
 With no CONTENT and STYLE, a built-in sample pair is used (a photograph that matplotlib ships and
-a painting that nst-fast paints itself), so that `nst-fast -o demo.png` works out of the box."""
+a painting that nst-fast paints itself), so that `nst-fast -o demo.png` works out of the box.
+
+Other commands (nst-fast COMMAND --help):
+  bench    time one optimization iteration per backend, precision and size; table, JSON, plot
+  info     the device, extension, backends and weights this installation has"""
 
 EPILOG = """\
 examples:
@@ -85,15 +90,19 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.list_layers:
-        from .vgg import LAYER_NAMES
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    command = argv[0] if argv and argv[0] in COMMANDS else "stylize"
+    if argv and argv[0] in COMMANDS:
+        argv = argv[1:]
+    make_parser, run = COMMANDS[command]
+    args = make_parser().parse_args(argv)
+    return _guarded(run, args)
 
-        print("\n".join(LAYER_NAMES))
-        return EXIT_OK
+
+def _guarded(run, args: argparse.Namespace) -> int:
+    """Run a command, mapping every error to one line on stderr and an exit code."""
     try:
-        return _run(args, parser)
+        return run(args)
     except KeyboardInterrupt:
         print("nst-fast: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -107,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
-def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _stylize(args: argparse.Namespace) -> int:
+    if args.list_layers:
+        from .vgg import LAYER_NAMES
+
+        print("\n".join(LAYER_NAMES))
+        return EXIT_OK
+
     from .callbacks import ProgressBar
     from .errors import OptionsError
     from .image import check_output_path, save_image
@@ -145,6 +160,108 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     save_image(result, output)
     say(f"wrote {output} ({result.width}×{result.height}) in {time.perf_counter() - start:.1f} s")
     return EXIT_OK
+
+
+def build_bench_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nst-fast bench",
+        description="Time one optimization iteration (forward, input gradient, loss) of each backend and "
+        "precision at each size: median of ROUNDS after WARMUP iterations, with device synchronisation, and "
+        "peak memory. Uses ../shared/images when present, else the built-in samples.",
+    )
+    parser.add_argument("--sizes", default="128,256,512", help="image sizes (longest side, px) (default: %(default)s)")
+    parser.add_argument("--backends", default=None, help="comma-separated backends (default: all available)")
+    parser.add_argument("--device", default="auto", help="torch device (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed iterations per configuration (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default: %(default)s)")
+    parser.add_argument("--json", metavar="FILE", help="write the results and the machine's description as JSON")
+    parser.add_argument("--plot", metavar="FILE", help="plot it/s and memory against size (PNG, SVG or PDF)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print no table")
+    return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+    from .errors import OptionsError
+    from .options import split_list
+
+    try:
+        sizes = [int(s) for s in split_list(args.sizes)]
+    except ValueError:
+        raise OptionsError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
+    if not sizes or min(sizes) < 16:
+        raise OptionsError(f"--sizes must name sizes of at least 16 px, got {args.sizes!r}")
+    if args.rounds < 1 or args.warmup < 0:
+        raise OptionsError("--rounds must be at least 1 and --warmup at least 0")
+    backends = None if args.backends is None else list(split_list(args.backends))
+    for name in backends or []:
+        if name not in bench.BACKENDS:
+            raise OptionsError(f"unknown backend {name!r}; available: {', '.join(bench.BACKENDS)}")
+    for path, kinds in ((args.json, (".json",)), (args.plot, (".png", ".svg", ".pdf"))):
+        if path is not None:
+            _check_writable(path, kinds)
+    from .stylizer import resolve_device
+
+    resolve_device(args.device)
+    if not args.quiet:
+        print(f"measuring {', '.join(backends or bench.BACKENDS)} at {', '.join(map(str, sorted(sizes)))} px "
+              f"({args.warmup} warm-up + {args.rounds} timed iterations each)", file=sys.stderr, flush=True)  # fmt: skip
+    results = bench.run(sizes, backends, args.device, args.rounds, args.warmup)
+    if not args.quiet:
+        print(bench.format_table(results))
+    if args.json:
+        bench.save_json(args.json, results)
+    if args.plot:
+        bench.plot(args.plot, results)
+    return EXIT_OK
+
+
+def _check_writable(path: str, suffixes: tuple[str, ...]) -> None:
+    from .errors import OptionsError
+
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        raise OptionsError(f"{path}: the file name must end in {' or '.join(suffixes)}")
+    if not (p.parent if str(p.parent) else Path(".")).is_dir():
+        raise OptionsError(f"output directory does not exist: {p.parent}")
+
+
+def build_info_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="nst-fast info", description="Show the device, extension, backends and weights this installation has."
+    )
+
+
+def _info(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import __version__, _ext, bench
+    from .weights import load_weights
+
+    info = bench.machine_info()
+    try:
+        weights = load_weights("caffe").source
+    except Exception as e:  # noqa: BLE001 — reported, not raised
+        weights = f"unavailable ({e})"
+    extension = "loaded" + (" (CPU and CUDA kernels)" if _ext.WITH_CUDA else " (CPU kernels)")
+    rows = [
+        ("nst-fast", __version__),
+        ("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"),
+        ("device", info["gpu"] or f"cpu: {info['host_cpu']}, {info['torch_threads']} threads"),
+        ("extension", extension if _ext.AVAILABLE else f"not loaded ({_ext.IMPORT_ERROR})"),
+        ("backends", ", ".join(f"{b} ({'/'.join(p)})" for b, p in bench.BACKENDS.items())),
+        ("weights", f"caffe: {weights}"),
+    ]
+    for key, value in rows:
+        print(f"{key + ':':<11}{value}")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "stylize": (build_parser, _stylize),
+    "bench": (build_bench_parser, _bench),
+    "info": (build_info_parser, _info),
+}
 
 
 if __name__ == "__main__":

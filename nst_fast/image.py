@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import atomic_save
 from .errors import ImageError
 
 
@@ -123,12 +123,4 @@ def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, **sav
     path = check_output_path(path)
     pil = image if isinstance(image, Image.Image) else tensor_to_pil(image)
     fmt = output_format(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format=fmt, **save_args)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save(path, lambda f: pil.save(f, format=fmt, **save_args))

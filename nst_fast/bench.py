@@ -1,0 +1,387 @@
+"""Measurements shared by ``nst-fast bench`` and the pytest-benchmark suites in benchmarks/.
+
+Every timing synchronises the device before reading the clock, follows warm-up iterations, and is
+reported as the median of its rounds. Peak memory is what a configuration adds at its peak, from
+building the backend (network, targets) to the last timed iteration: the CUDA allocator's peak on a
+GPU, the process's peak resident set on a CPU — where each configuration runs in a process of its own,
+since memory that the C allocator has taken is not given back and would hide the next peak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .image import load_image, resize_longest
+from .options import Options
+
+
+@dataclass
+class Measurement:
+    """One configuration's timing: milliseconds per optimization iteration, and peak memory."""
+
+    backend: str
+    precision: str
+    size: int
+    device: str
+    image: list[int]
+    ms_median: float
+    ms_all: list[float]
+    peak_memory_mb: float | None
+    memory_kind: str
+    loss: float
+
+    @property
+    def iterations_per_second(self) -> float:
+        return 1000.0 / self.ms_median
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on: CPU, GPU, driver, versions, threads, commit."""
+    info = {
+        "host_cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "driver": _nvidia_driver(),
+        "commit": _git_commit(),
+    }
+    from . import _ext
+
+    info["extension"] = _ext.AVAILABLE
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _nvidia_driver() -> str | None:
+    if not torch.cuda.is_available():
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True)  # fmt: skip
+        return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10, check=True)  # fmt: skip
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class PeakMemory:
+    """Peak memory added within a block: CUDA allocator peak, or (Linux) the process's peak RSS, above
+    the amount in use when the block began."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"
+        self.peak_mb: float | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            self._base = _reset_peak_rss()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
+        elif self._base is not None:
+            peak = _status_kb("VmHWM")
+            self.peak_mb = None if peak is None else (peak - self._base) / 1024
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> int | None:
+    # Writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS (Linux ≥ 4.0).
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    return _status_kb("VmRSS")
+
+
+# --- backends ---------------------------------------------------------------------------------------
+# A backend turns (options, content, style) into a function that runs one optimization iteration and
+# returns the loss tensor. The engine and ONNX Runtime backends register here as they arrive.
+
+StepFactory = Callable[[Options, torch.Tensor, torch.Tensor], Callable[[], torch.Tensor]]
+
+
+def _reference_step(options: Options, content: torch.Tensor, style: torch.Tensor) -> Callable[[], torch.Tensor]:
+    from . import reference
+    from .stylizer import Stylizer
+
+    stylizer = Stylizer(style, options)
+    content = content.to(stylizer.device)
+    loss_fn = reference.build_loss(stylizer.model, content, stylizer.style_targets, options)
+    image = content.clone().requires_grad_(True)
+
+    def step() -> torch.Tensor:
+        image.grad = None
+        loss, _ = loss_fn(stylizer.model(image), image)
+        loss.backward()
+        return loss.detach()
+
+    return step
+
+
+BACKENDS: dict[str, dict[str, StepFactory]] = {"reference": {"fp32": _reference_step}}
+
+
+# A loop runs a whole optimization: (options, content, style, callback) → image. Its callback's
+# Iterate.loss is trusted as the float32 reference loss only for the reference itself; time-to-quality
+# evaluates every other loop's iterates with the reference's loss, off the clock.
+Loop = Callable[[Options, torch.Tensor, torch.Tensor, Callable], torch.Tensor]
+
+
+def _reference_loop(options: Options, content: torch.Tensor, style: torch.Tensor, callback: Callable) -> torch.Tensor:
+    from .stylizer import Stylizer
+
+    return Stylizer(style, options).stylize_tensor(content, callback)
+
+
+LOOPS: dict[str, dict[str, Loop]] = {"reference": {"fp32": _reference_loop}}
+
+
+@dataclass
+class Quality:
+    """How long a loop takes to reach the loss that the reference reaches after ``steps`` iterations."""
+
+    backend: str
+    precision: str
+    size: int
+    steps: int
+    target_loss: float
+    seconds_to_target: float | None  # None: not reached within ``steps`` × 2 iterations
+    steps_to_target: int | None
+    final_loss: float
+    reference_seconds: float
+
+
+def time_to_quality(size: int = 256, steps: int = 300, device: str = "auto", backends: list[str] | None = None,
+                    images: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Quality]:  # fmt: skip
+    """Wall time until each loop's output reaches the reference's loss after ``steps`` L-BFGS iterations."""
+    from . import reference
+    from .stylizer import Stylizer
+
+    content, style = images or default_images()
+    options = Options(size=size, steps=steps, device=device)
+    ref_trace: list[tuple[float, float]] = []
+    _reference_loop(options, content, style, lambda it: ref_trace.append((it.elapsed, it.loss)))
+    target, ref_seconds = ref_trace[-1][1], ref_trace[-1][0]
+    judge = Stylizer(style, options)
+    judge_content = resize_longest(content, size).to(judge.device)
+    judge_loss = reference.build_loss(judge.model, judge_content, judge.style_targets, options)
+    results = []
+    for backend in backends or list(LOOPS):
+        for precision, loop in LOOPS[backend].items():
+            if backend == "reference" and precision == "fp32":
+                hit = next((i for i, (_, loss) in enumerate(ref_trace) if loss <= target), None)
+                results.append(Quality(backend, precision, size, steps, target, ref_trace[hit][0], hit + 1,
+                                       target, ref_seconds))  # fmt: skip
+                continue
+            reached: list[tuple[int, float]] = []
+            paused = 0.0
+            last_loss = float("nan")
+
+            def watch(it, reached=reached):
+                nonlocal paused, last_loss
+                t0 = time.perf_counter()
+                last_loss = reference.evaluate_loss(judge.model, judge_loss, it.image)["total"]
+                if last_loss <= target and not reached:
+                    reached.append((it.step, it.elapsed - paused))
+                paused += time.perf_counter() - t0
+
+            loop(options.replace(steps=2 * steps), content, style, watch)
+            step_hit, seconds = reached[0] if reached else (None, None)
+            results.append(Quality(backend, precision, size, steps, target, seconds, step_hit, last_loss, ref_seconds))
+    return results
+
+
+def default_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared test photo and painting when ../shared/images is there, else the built-in samples."""
+    shared = Path(__file__).resolve().parents[2] / "shared" / "images"
+    if (shared / "tubingen.jpg").is_file() and (shared / "starry_night.jpg").is_file():
+        return load_image(shared / "tubingen.jpg"), load_image(shared / "starry_night.jpg")
+    from .samples import sample_content, sample_style
+
+    return load_image(sample_content()), load_image(sample_style())
+
+
+def measure_step(
+    backend: str = "reference",
+    precision: str = "fp32",
+    size: int = 256,
+    device: str = "auto",
+    rounds: int = 5,
+    warmup: int = 2,
+    images: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Measurement:
+    """Median time of one optimization iteration of ``backend`` in ``precision`` at ``size`` px."""
+    if backend not in BACKENDS or precision not in BACKENDS[backend]:
+        available = ", ".join(f"{b}:{p}" for b, ps in BACKENDS.items() for p in ps)
+        raise ValueError(f"no backend {backend!r} in precision {precision!r}; available: {available}")
+    content, style = images or default_images()
+    options = Options(size=size, device=device)
+    content = resize_longest(content, size)
+    with PeakMemory(_device(device)) as memory:
+        step = BACKENDS[backend][precision](options, content, style)
+        for _ in range(warmup):
+            step()
+        dev = _device(device)
+        synchronize(dev)
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            loss = step()
+            synchronize(dev)
+            times.append((time.perf_counter() - start) * 1000)
+    return Measurement(backend, precision, size, str(dev), list(content.shape), statistics.median(times), times,
+                       memory.peak_mb, memory.kind, float(loss))  # fmt: skip
+
+
+def measure_step_isolated(backend: str, precision: str, size: int, device: str, rounds: int, warmup: int) -> Measurement:
+    """:func:`measure_step` in a fresh Python process (for a CPU's peak-memory figure)."""
+    args = [sys.executable, "-m", "nst_fast.bench", json.dumps(dict(backend=backend, precision=precision, size=size,
+            device=device, rounds=rounds, warmup=warmup))]  # fmt: skip
+    out = subprocess.run(args, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark process failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+    return Measurement(**json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _device(name: str) -> torch.device:
+    from .stylizer import resolve_device
+
+    return resolve_device(name)
+
+
+def run(
+    sizes: list[int],
+    backends: list[str] | None = None,
+    device: str = "auto",
+    rounds: int = 5,
+    warmup: int = 2,
+    progress: Callable[[Measurement], None] | None = None,
+) -> list[Measurement]:
+    """Every (backend, precision) × size, smallest size first."""
+    isolate = _device(device).type == "cpu"
+    images = None if isolate else default_images()
+    results = []
+    for backend in backends or list(BACKENDS):
+        for precision in BACKENDS[backend]:
+            for size in sorted(sizes):
+                if isolate:
+                    m = measure_step_isolated(backend, precision, size, device, rounds, warmup)
+                else:
+                    m = measure_step(backend, precision, size, device, rounds, warmup, images)
+                results.append(m)
+                if progress is not None:
+                    progress(m)
+    return results
+
+
+def format_table(results: list[Measurement]) -> str:
+    header = f"{'backend':<12} {'precision':<9} {'device':<7} {'size':>5} {'image':>11} {'ms/iter':>9} {'it/s':>7} {'peak MiB':>9}"
+    lines = [header, "-" * len(header)]
+    for m in results:
+        mem = "-" if m.peak_memory_mb is None else f"{m.peak_memory_mb:.0f}"
+        image = f"{m.image[-1]}×{m.image[-2]}"
+        lines.append(f"{m.backend:<12} {m.precision:<9} {m.device:<7} {m.size:>5} {image:>11} "
+                     f"{m.ms_median:>9.1f} {m.iterations_per_second:>7.2f} {mem:>9}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def save_json(path: str | os.PathLike, results: list[Measurement]) -> None:
+    from .atomic import atomic_write_text
+
+    data = {"machine": machine_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "results": [{**asdict(m), "iterations_per_second": m.iterations_per_second} for m in results]}  # fmt: skip
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def plot(path: str | os.PathLike, results: list[Measurement], title: str | None = None) -> None:
+    """Iterations per second against resolution (log–log), and peak memory against resolution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    from .atomic import atomic_save
+
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    series: dict[str, list[Measurement]] = {}
+    for m in results:
+        series.setdefault(f"{m.backend} {m.precision} ({m.device})", []).append(m)
+    for label, ms in series.items():
+        ms = sorted(ms, key=lambda m: m.size)
+        sizes = [m.size for m in ms]
+        speed.plot(sizes, [m.iterations_per_second for m in ms], marker="o", label=label)
+        if all(m.peak_memory_mb is not None for m in ms):
+            memory.plot(sizes, [m.peak_memory_mb for m in ms], marker="o", label=label)
+    for ax, ylabel in ((speed, "iterations per second"), (memory, f"peak memory added (MiB, {results[0].memory_kind})")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("image size (longest side, px)")
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(sorted({m.size for m in results}), [str(s) for s in sorted({m.size for m in results})])
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    speed.set_title("speed: one optimization iteration")
+    memory.set_title("memory")
+    info = machine_info()
+    fig.suptitle(title or f"nst-fast on {info['gpu'] or info['host_cpu']} (torch {info['torch']})", fontsize=10)
+    atomic_save(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=120))
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    # One isolated measurement, as measure_step_isolated runs it: JSON arguments in, JSON out.
+    print(json.dumps(asdict(measure_step(**json.loads(sys.argv[1])))))
