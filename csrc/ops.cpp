@@ -2,7 +2,9 @@
 //
 //   gram(feats, scale)                          -> scale * F F^T            (B x C x C)
 //   style_loss(feats, target, scale)            -> (sum (scale F F^T - A)^2, scale F F^T - A)
-//   style_loss_backward(grad, feats, diff, scale) -> 4 scale grad (G - A) F  (F's dtype and layout)
+//   style_loss_backward(grad, feats, diff, scale) -> 2 scale grad (D + D^T) F, D = scale F F^T - A
+//                                                  (= 4 scale grad D F for a symmetric target;
+//                                                   in F's dtype and layout)
 //
 // F is B x C x H x W in float32, bfloat16, float16 or float64, contiguous or channels_last; the Gram
 // matrix and the loss are accumulated in float32 (float64 for float64 input, which gradcheck uses).
@@ -48,8 +50,12 @@ std::tuple<at::Tensor, at::Tensor> style_loss_cpu(const at::Tensor& feats, const
                                                   double scale) {
   check_feats(feats, "nst_fast::style_loss");
   const auto c = feats.size(1);
-  TORCH_CHECK((target.dim() == 2 || target.dim() == 3) && target.size(-1) == c && target.size(-2) == c,
-              "nst_fast::style_loss: target must be C x C or B x C x C with C = ", c);
+  TORCH_CHECK((target.dim() == 2 || target.dim() == 3) && target.size(-1) == c && target.size(-2) == c &&
+                  (target.dim() == 2 || target.size(0) == 1 || target.size(0) == feats.size(0)),
+              "nst_fast::style_loss: target must be C x C, 1 x C x C or B x C x C with B = ", feats.size(0),
+              ", C = ", c, "; got ", target.sizes());
+  TORCH_CHECK(target.device() == feats.device(), "nst_fast::style_loss: target is on ", target.device(),
+              ", feats on ", feats.device());
   auto diff = gram_cpu(feats, scale);
   diff.sub_(target.to(diff.scalar_type()));
   auto loss = diff.square().sum();
@@ -60,14 +66,19 @@ at::Tensor style_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& fea
                                    double scale) {
   check_feats(feats, "nst_fast::style_loss_backward");
   const auto b = feats.size(0), c = feats.size(1), h = feats.size(2), w = feats.size(3);
-  const auto factor = grad.to(diff.scalar_type()) * (4.0 * scale);
+  TORCH_CHECK(diff.dim() == 3 && diff.size(0) == b && diff.size(1) == c && diff.size(2) == c,
+              "nst_fast::style_loss_backward: diff must be B x C x C = ", b, " x ", c, " x ", c);
+  // d/dF sum (sG - A)^2 = 2s (D + D^T) F; with a symmetric target D + D^T = 2D, the 4s D F of the
+  // formulas. Symmetrizing costs a C x C add and keeps the gradient right for any target.
+  const auto sym = diff + diff.transpose(1, 2);
+  const auto factor = grad.to(diff.scalar_type()) * (2.0 * scale);
   if (is_channels_last(feats)) {
-    // (B x HW x C) . (G - A), G - A symmetric: the result is already in channels_last order.
+    // (B x HW x C) . S, S symmetric: the result is already in channels_last order.
     const auto f_t = feats.permute({0, 2, 3, 1}).reshape({b, h * w, c}).to(diff.scalar_type());
-    auto out = at::bmm(f_t, diff).mul_(factor);
+    auto out = at::bmm(f_t, sym).mul_(factor);
     return out.view({b, h, w, c}).permute({0, 3, 1, 2}).to(feats.scalar_type());
   }
-  auto out = at::bmm(diff, flat(feats)).mul_(factor);
+  auto out = at::bmm(sym, flat(feats)).mul_(factor);
   return out.view({b, c, h, w}).to(feats.scalar_type());
 }
 

@@ -28,9 +28,16 @@ Other commands (nst-fast COMMAND --help):
 EPILOG = """\
 examples:
   nst-fast photo.jpg starry_night.jpg -o out.png
-  nst-fast photo.jpg starry_night.jpg -o out.png --size 1024 --style-weight 3000
+  nst-fast photo.jpg starry_night.jpg -o out.png --size 1024 --style-weight 50
   nst-fast photo.jpg a.jpg b.jpg --style-blend 0.7,0.3 -o out.png
   nst-fast --list-layers"""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (the full usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _flag(name: str) -> str:
@@ -51,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .options import Options
 
     defaults = Options()
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nst-fast", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
@@ -163,7 +170,7 @@ def _stylize(args: argparse.Namespace) -> int:
 
 
 def build_bench_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nst-fast bench",
         description="Time one optimization iteration (forward, input gradient, loss) of each backend and "
         "precision at each size: median of ROUNDS after WARMUP iterations, with device synchronisation, and "
@@ -227,7 +234,7 @@ def _check_writable(path: str, suffixes: tuple[str, ...]) -> None:
 
 
 def build_info_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    return ArgumentParser(
         prog="nst-fast info", description="Show the device, extension, backends and weights this installation has."
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -49,14 +50,25 @@ def read_image(path: str | os.PathLike) -> Image.Image:
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """Any Pillow image → 1×3×H×W float32 RGB in [0, 1].
+
+    16-bit and 32-bit integer images keep their precision (scaled by 65535 when they fit 16 bits);
+    float images are taken as [0, 1]; transparent images are composited over white.
+    """
     if image.width < 1 or image.height < 1:
         raise ImageError(f"image has no pixels ({image.width}×{image.height})")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale: keep its precision.
-        array = np.asarray(image, dtype=np.float32) / (65535.0 if image.mode != "I" else max(np.max(image), 1))
+    if image.mode.startswith("I") or image.mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+        if image.mode != "F":
+            array = array / (65535.0 if array.max(initial=0) <= 65535 else float(np.iinfo(np.int32).max))
         array = np.repeat(array[..., None], 3, axis=2)
+    elif image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:]
+        array = rgba[..., :3] * alpha + (1.0 - alpha)  # over white
     else:
         array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    array = np.clip(np.nan_to_num(array, nan=0.0), 0.0, 1.0)
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
@@ -104,14 +116,20 @@ def output_format(path: str | os.PathLike) -> str:
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """Check, before any work, that an image can be written at ``path``."""
+    """Check, before any work, that an RGB image can be encoded and written at ``path``."""
     path = Path(path)
-    output_format(path)
+    fmt = output_format(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ImageError(f"output directory does not exist: {parent}")
     if path.is_dir():
         raise ImageError(f"output path is a directory: {path}")
+    try:
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)
+    except Exception:  # noqa: BLE001 — Pillow raises many types for formats it cannot write RGB in
+        raise ImageError(f"cannot write an RGB image as {fmt} ({path.suffix}); use .png, .jpg, .webp or .tif") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ImageError(f"output directory is not writable: {parent}")
     return path
 
 

@@ -36,8 +36,8 @@ def style_target(a_S: torch.Tensor, impl: str = "auto") -> torch.Tensor:
 
 def content_loss(a_C: torch.Tensor, a_G: torch.Tensor) -> torch.Tensor:
     """J_c = 1/(4·nH·nW·nC) · Σ (a_C − a_G)², per batch element, summed over the batch."""
-    if a_C.shape[1:] != a_G.shape[1:]:
-        raise ValueError(f"content activations {tuple(a_C.shape)} and {tuple(a_G.shape)} differ in shape")
+    if a_C.shape[1:] != a_G.shape[1:] or a_C.shape[0] not in (1, a_G.shape[0]):
+        raise ValueError(f"content activations {tuple(a_C.shape)} do not fit generated ones {tuple(a_G.shape)}")
     _, c, h, w = a_G.shape
     acc = ops._accumulation_dtype(a_G.dtype)
     with torch.autocast(a_G.device.type, enabled=False):
@@ -92,9 +92,12 @@ def tv_loss(image: torch.Tensor) -> torch.Tensor:
     per batch element, summed over the batch (so its weight does not depend on the image size)."""
     acc = ops._accumulation_dtype(image.dtype)
     x = image.to(acc)
-    dy = (x[..., 1:, :] - x[..., :-1, :]).square().mean(dim=(1, 2, 3))
-    dx = (x[..., :, 1:] - x[..., :, :-1]).square().mean(dim=(1, 2, 3))
-    return (dy + dx).sum()
+    total = x.new_zeros(())
+    if x.shape[-2] > 1:
+        total = total + (x[..., 1:, :] - x[..., :-1, :]).square().mean(dim=(1, 2, 3)).sum()
+    if x.shape[-1] > 1:
+        total = total + (x[..., :, 1:] - x[..., :, :-1]).square().mean(dim=(1, 2, 3)).sum()
+    return total
 
 
 class StyleTransferLoss(nn.Module):

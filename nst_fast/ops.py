@@ -63,7 +63,8 @@ def gram(feats: torch.Tensor, scale: float = 1.0, impl: str = "auto") -> torch.T
 
 
 def style_loss(feats: torch.Tensor, target: torch.Tensor, scale: float, impl: str = "auto") -> torch.Tensor:
-    """Σ (scale · F·Fᵀ − A)² over the batch, a scalar; A (C×C or B×C×C) must be symmetric."""
+    """Σ (scale · F·Fᵀ − A)² over the batch, a scalar; A is C×C, 1×C×C or B×C×C (Gram targets are
+    symmetric, but any A gives the right value and gradient)."""
     _check_feats(feats)
     c = feats.shape[1]
     if target.shape[-2:] != (c, c) or target.dim() not in (2, 3) or (
@@ -109,10 +110,14 @@ def _register() -> None:
 
     @torch.library.register_fake("nst_fast::style_loss_backward")
     def _(grad, feats, diff, scale):
-        return torch.empty_like(feats)
+        # As the kernels: channels_last stays channels_last, every other layout comes back contiguous.
+        channels_last = not feats.is_contiguous() and feats.is_contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        return torch.empty(feats.shape, dtype=feats.dtype, device=feats.device, memory_format=layout)
 
     def style_loss_setup(ctx, inputs, output):
         feats, target, scale = inputs
+        ctx.mark_non_differentiable(output[1])  # diff is kept for the backward, not a result to differentiate
         ctx.save_for_backward(feats, output[1])
         ctx.scale = scale
         ctx.target_shape = target.shape

@@ -43,6 +43,10 @@ class Options:
     tv_weight: float = _opt(0.0, "total-variation weight (smoothness)")
     pooling: str = _opt("avg", "VGG-19 pooling: avg (as Gatys et al.) or max", choices=POOLINGS)
     weights: str = _opt("caffe", "VGG-19 weights: caffe (bundled), torchvision (downloaded once), or a file")
+    weights_preprocessing: str | None = _opt(
+        None, "input preprocessing of a weights file, if not its layout's: caffe or torchvision",
+        choices=("caffe", "torchvision"),
+    )
     init: str = _opt("content", "initial image", choices=INITS)
     noise_ratio: float = _opt(0.5, "share of noise in the content+noise initial image")
     optimizer: str = _opt("lbfgs", "optimizer", choices=OPTIMIZERS)
@@ -94,6 +98,15 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise OptionsError(f"{name} must be an integer, got {value!r}")
+        if not 0 <= self.seed < 2**63:
+            raise OptionsError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+        if not isinstance(self.normalize_losses, bool):
+            raise OptionsError(f"normalize_losses must be True or False, got {self.normalize_losses!r}")
+        for name in ("weights", "device", "impl", "pooling", "init", "optimizer"):
+            if not isinstance(getattr(self, name), str):
+                raise OptionsError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.weights_preprocessing not in (None, "caffe", "torchvision"):
+            raise OptionsError(f"weights_preprocessing must be caffe or torchvision, got {self.weights_preprocessing!r}")
         if self.size < 1:
             raise OptionsError(f"size must be positive, got {self.size}")
         if self.steps < 0:
@@ -108,8 +121,11 @@ class Options:
             raise OptionsError(f"lr must be positive, got {self.lr}")
         if self.noise_ratio > 1:
             raise OptionsError(f"noise_ratio must be between 0 and 1, got {self.noise_ratio}")
-        check_layers(self.content_layers)
-        check_layers(self.style_layers)
+        for name in ("content_layers", "style_layers"):
+            layers = check_layers(getattr(self, name))
+            repeated = sorted({n for n in layers if layers.count(n) > 1})
+            if repeated:
+                raise OptionsError(f"{name} names {', '.join(repeated)} more than once")
         if not self.style_layers:
             raise OptionsError("style_layers must name at least one layer")
         if self.style_layer_weights is not None:

@@ -7,12 +7,14 @@ gradient; ``torch.optim.LBFGS`` or ``Adam`` updates it; the image is kept in [0,
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 
 import torch
 
 from .callbacks import Callback, Iterate
+from .errors import NstError
 from .losses import StyleTransferLoss, content_energy, style_energy, style_target
 from .options import Options
 from .vgg import VGG19
@@ -65,12 +67,23 @@ def build_loss(
     content_scale = {name: 1.0 for name in c_targets}
     layer_weights = options.layer_weights
     if options.normalize_losses:
-        content_scale = {name: 1.0 / content_energy(a).item() for name, a in c_targets.items()}
-        layer_weights = {name: w / style_energy(targets[name]).item() for name, w in layer_weights.items()}
+        content_scale = {name: 1.0 / _energy(content_energy(a), "content", name) for name, a in c_targets.items()}
+        layer_weights = {name: w / _energy(style_energy(targets[name]), "style", name)
+                         for name, w in layer_weights.items()}  # fmt: skip
     return StyleTransferLoss(
         c_targets, targets, layer_weights, options.content_weight, options.style_weight, options.tv_weight,
         content_layer_weights=content_scale, impl=options.impl,
     )  # fmt: skip
+
+
+def _energy(value: torch.Tensor, what: str, layer: str) -> float:
+    energy = value.item()
+    if not math.isfinite(energy) or energy <= 0:
+        raise NstError(
+            f"the {what} image gives {layer} no usable activations (scale {energy:g}); with --no-normalize-losses "
+            f"it could still be used, or choose another {what} layer or image"
+        )
+    return energy
 
 
 def optimize(
@@ -101,8 +114,12 @@ def optimize(
             image.clamp_(0, 1)
         optimizer.zero_grad(set_to_none=True)
         loss, terms = loss_fn(model(image), image)
-        loss.backward()
         step += 1
+        if not torch.isfinite(loss):
+            raise NstError(
+                f"the loss became {loss.item()} at step {step}; lower --lr, or the content, style or TV weight"
+            )
+        loss.backward()
         if callback is not None:
             callback(Iterate(step, options.steps, loss.item(), {k: v.item() for k, v in terms.items()},
                              time.perf_counter() - start, image.detach()))  # fmt: skip

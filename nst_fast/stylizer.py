@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
 from PIL import Image
 
@@ -29,9 +31,24 @@ def resolve_device(name: str) -> torch.device:
             raise OptionsError(f"device {name!r} requested, but this machine has no usable CUDA GPU; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise OptionsError(f"device {name!r} requested, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
-    elif device.type not in ("cpu", "mps", "xpu"):
+    elif device.type in ("mps", "xpu"):
+        backend = getattr(torch.backends, "mps", None) if device.type == "mps" else getattr(torch, "xpu", None)
+        if backend is None or not backend.is_available():
+            raise OptionsError(f"device {name!r} requested, but it is not available here; use --device cpu")
+    elif device.type != "cpu":
         raise OptionsError(f"unsupported device {name!r}; use auto, cpu or cuda")
     return device
+
+
+def _check_impl(impl: str, device: torch.device) -> None:
+    from . import _ext
+
+    if impl != "ext":
+        return
+    if not _ext.AVAILABLE:
+        raise OptionsError(f"impl 'ext' needs the compiled extension, which is not loaded ({_ext.IMPORT_ERROR})")
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not _ext.WITH_CUDA):
+        raise OptionsError(f"impl 'ext' has no {device.type} kernels in this build; use impl 'auto' or 'ref'")
 
 
 class Stylizer:
@@ -56,21 +73,24 @@ class Stylizer:
         blend = [1.0] * len(styles) if style_blend is None else [float(w) for w in style_blend]
         if len(blend) != len(styles):
             raise OptionsError(f"{len(blend)} style blend weights given for {len(styles)} style images")
-        if any(not w >= 0 for w in blend) or sum(blend) <= 0:
-            raise OptionsError(f"style blend weights must be non-negative with a positive sum, got {blend}")
+        if not all(math.isfinite(w) and w >= 0 for w in blend) or max(blend) <= 0:
+            raise OptionsError(f"style blend weights must be finite, non-negative and not all zero, got {blend}")
+        blend = [w / max(blend) for w in blend]  # no overflow in their sum
         self.device = resolve_device(opts.device)
-        self.model = VGG19(opts.layers, load_weights(opts.weights), opts.pooling).to(self.device)
+        _check_impl(opts.impl, self.device)
+        weights = load_weights(opts.weights, opts.weights_preprocessing)
+        self.model = VGG19(opts.layers, weights, opts.pooling).to(self.device)
         style_size = max(1, round(opts.size * opts.style_scale))
-        images = [self._prepare(load_image(s), style_size, "style") for s in styles]
+        images = [self._prepare(load_image(s), style_size, "style", "--size or --style-scale") for s in styles]
         self.style_targets = reference.style_targets(self.model, images, blend, opts.style_layers)
 
-    def _prepare(self, image: torch.Tensor, size: int, what: str) -> torch.Tensor:
+    def _prepare(self, image: torch.Tensor, size: int, what: str, raise_what: str = "--size") -> torch.Tensor:
         image = resize_longest(image, size)
         h, w = image.shape[-2:]
         if min(h, w) < self.options.min_size:
             raise ImageError(
                 f"the {what} image is {w}×{h} px at this size; layers up to {self.model.last_layer} need at "
-                f"least {self.options.min_size} px on each side (raise --size or choose shallower layers)"
+                f"least {self.options.min_size} px on each side (raise {raise_what} or choose shallower layers)"
             )
         return image.to(self.device)
 

@@ -75,6 +75,13 @@ def test_list_layers(capsys):
         (lambda c, s: [c, s, "--style-blend", "1,2"], "2 style blend weights given for 1"),
         (lambda c, s: [c, s, "--device", "cuda"], "no usable CUDA GPU"),
         (lambda c, s: [c, s, "--weights", c.with_name("vgg.pth")], "weights file not found"),
+        (lambda c, s: [c, s, "--style-blend", "inf"], "style blend weights must be finite"),
+        (lambda c, s: [c, s, s, "--style-blend", "0,0"], "not all zero"),
+        (lambda c, s: [c, s, "--seed", "99999999999999999999999"], "seed must be between"),
+        (lambda c, s: [c, s, "--device", "mps"], "not available here"),
+        (lambda c, s: [c, s, "--device", "tpu"], "unknown device"),
+        (lambda c, s: [c, s, "--style-layers", "relu1_1,relu1_1"], "relu1_1 more than once"),
+        (lambda c, s: [c, s, "--tv-weight", "1e300"], "the loss became inf at step 1"),
     ],
 )
 def test_bad_input_is_one_line_and_touches_nothing(images, tmp_path, capsys, change, message):
@@ -93,7 +100,11 @@ def test_bad_input_is_one_line_and_touches_nothing(images, tmp_path, capsys, cha
 
 @pytest.mark.parametrize(
     "output, message",
-    [("missing/out.png", "output directory does not exist"), ("out.xyz", "unknown output image extension")],
+    [
+        ("missing/out.png", "output directory does not exist"),
+        ("out.xyz", "unknown output image extension"),
+        ("out.msp", "cannot write an RGB image as MSP"),
+    ],
 )
 def test_bad_output_paths(images, tmp_path, capsys, output, message):
     content, style = images
@@ -105,8 +116,21 @@ def test_non_numeric_values_are_usage_errors(images, capsys):
     content, style = images
     with pytest.raises(SystemExit) as e:
         main([str(content), str(style), "--style-weight", "lots"])
+    err = capsys.readouterr().err
     assert e.value.code == 2
-    assert "invalid float value: 'lots'" in capsys.readouterr().err
+    assert "invalid float value: 'lots'" in err and err.count("\n") == 1
+
+
+def test_read_only_output_directory(images, tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root can write into read-only directories")
+    content, style = images
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    code, _, err = run([content, style, "-o", locked / "out.png", *TINY], capsys)
+    assert code == 2 and "not writable" in err
 
 
 def test_not_an_image(images, tmp_path, capsys):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -34,6 +37,16 @@ def test_greyscale_and_alpha_become_rgb(tmp_path):
     assert load_image(tmp_path / "alpha.png").shape == (1, 3, 4, 4)
 
 
+def test_deep_float_and_transparent_images(tmp_path):
+    Image.fromarray(np.full((3, 4), 32768, dtype=np.uint16)).save(tmp_path / "deep.png")
+    assert torch.allclose(load_image(tmp_path / "deep.png"), torch.full((1, 3, 3, 4), 32768 / 65535))
+    assert torch.allclose(load_image(Image.fromarray(np.full((2, 2), 0.25, dtype=np.float32))), torch.full((1, 3, 2, 2), 0.25))
+    clear = Image.new("RGBA", (2, 2), (0, 0, 0, 0))  # fully transparent black: white after compositing
+    assert torch.allclose(load_image(clear), torch.ones(1, 3, 2, 2))
+    half = Image.new("RGBA", (2, 2), (0, 0, 0, 128))
+    assert torch.allclose(load_image(half), torch.full((1, 3, 2, 2), 1 - 128 / 255))
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(ImageError, match="not found"):
         load_image(tmp_path / "nope.jpg")
@@ -63,6 +76,12 @@ def test_round_trip_and_atomic_save(tmp_path):
     back = load_image(path)
     assert (back - x).abs().max() <= 0.5 / 255 + 1e-6
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"], "no temporary file left behind"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask, "the mode a plain open() would give"
+    path.chmod(0o640)
+    save_image(x, path)
+    assert path.stat().st_mode & 0o777 == 0o640, "a replaced file keeps its mode"
     before = path.read_bytes()
 
     class Broken(Image.Image):

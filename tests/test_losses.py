@@ -97,6 +97,18 @@ def test_tv_loss_matches_definition():
     assert losses.tv_loss(torch.ones(1, 3, 4, 4)) == 0
 
 
+def test_tv_loss_of_one_pixel_wide_images_is_finite():
+    assert losses.tv_loss(torch.rand(1, 3, 1, 5)) > 0
+    assert losses.tv_loss(torch.rand(1, 3, 1, 1)) == 0
+
+
+def test_content_batches_must_fit():
+    with pytest.raises(ValueError, match="do not fit"):
+        losses.content_loss(rand(3, 4, 5, 5), rand(1, 4, 5, 5))
+    close(losses.content_loss(rand(1, 4, 5, 5) * 0 + 1, torch.ones(2, 4, 5, 5, dtype=torch.float64) * 2),
+          2 * content_f64(torch.ones(1, 4, 5, 5), 2 * torch.ones(1, 4, 5, 5)))
+
+
 def test_total_loss_combines_weighted_terms():
     a_C, a_S, a_G = rand(1, 4, 6, 6), rand(1, 4, 6, 6), rand(1, 4, 6, 6)
     image = torch.rand(1, 3, 8, 8, dtype=torch.float64)

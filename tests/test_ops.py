@@ -22,11 +22,11 @@ def feats(shape, dtype=torch.float32, channels_last=False):
     return x.to(memory_format=torch.channels_last) if channels_last else x
 
 
-def target_for(x, batch=1):
-    # A symmetric target, as Gram targets are.
+def target_for(x, batch=1, symmetric=True):
+    # Gram targets are symmetric; the operators must also be right for any other target.
     c = x.shape[1]
     m = torch.rand(batch, c, c, dtype=torch.float64)
-    return ((m + m.transpose(1, 2)) / 2).float()
+    return ((m + m.transpose(1, 2)) / 2 if symmetric else m).float()
 
 
 def f64_style_loss(x, a, scale):
@@ -62,10 +62,11 @@ def test_ext_gram_matches_reference_and_float64(shape, dtype, channels_last):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("target_batch", [0, 1, "B"])
-def test_ext_style_loss_and_gradient(shape, dtype, channels_last, target_batch):
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_ext_style_loss_and_gradient(shape, dtype, channels_last, target_batch, symmetric):
     x = feats(shape, dtype, channels_last).requires_grad_()
     scale = 1.0 / (shape[2] * shape[3])
-    a = target_for(x, shape[0] if target_batch == "B" else 1)
+    a = target_for(x, shape[0] if target_batch == "B" else 1, symmetric)
     a = a[0] if target_batch == 0 else a
     a = a.to(torch.float64) if dtype == torch.float64 else a
     loss = ops.style_loss(x, a, scale, impl="ext")
@@ -89,7 +90,7 @@ def test_ext_style_loss_and_gradient(shape, dtype, channels_last, target_batch):
 @needs_ext
 def test_gradcheck_float64():
     x = feats((2, 5, 3, 4), torch.float64).requires_grad_()
-    a = target_for(x, 2).double().requires_grad_()
+    a = target_for(x, 2, symmetric=False).double().requires_grad_()
     assert torch.autograd.gradcheck(lambda f, t: ops.style_loss(f, t, 0.1, impl="ext"), (x, a))
     assert torch.autograd.gradcheck(lambda f, t: ops.style_loss(f, t, 0.1, impl="ext"), (x, a[:1].detach().requires_grad_()))
     assert torch.autograd.gradcheck(lambda f: ops.gram(f, 0.3, impl="ext"), (x,))
@@ -98,10 +99,12 @@ def test_gradcheck_float64():
 
 
 @needs_ext
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_opcheck(channels_last):
-    x = feats((2, 8, 5, 3), channels_last=channels_last)
-    a = target_for(x)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+def test_opcheck(layout):
+    x = feats((2, 8, 5, 3), channels_last=layout == "channels_last")
+    if layout == "transposed":
+        x = feats((2, 8, 3, 5)).transpose(2, 3)  # dense, but neither contiguous nor channels_last
+    a = target_for(x, symmetric=False)
     grad = torch.tensor(1.5)
     diff = ops.gram(x, 0.2, impl="ext") - a
     torch.library.opcheck(torch.ops.nst_fast.gram.default, (x.requires_grad_(), 0.2))
@@ -124,6 +127,13 @@ def test_torch_compile_traces_the_ops_fullgraph():
     (expected_grad,) = torch.autograd.grad(expected, x)
     assert_close(loss, expected, 1e-6)
     assert_close(grad, expected_grad, 1e-6)
+
+
+@needs_ext
+def test_diff_output_is_not_differentiable():
+    x = feats((1, 4, 3, 3)).requires_grad_()
+    loss, diff = torch.ops.nst_fast.style_loss(x, target_for(x), 0.5)
+    assert loss.requires_grad and not diff.requires_grad
 
 
 def test_impl_argument_is_checked():

@@ -129,3 +129,19 @@ def test_options_accept_strings_and_lists():
     assert o.layer_weights == {"relu1_1": 0.5, "relu2_1": 2.0}
     assert Options(style_layers="relu1_1 relu2_1").layer_weights == {"relu1_1": 0.5, "relu2_1": 0.5}
     assert o.layers == ("relu3_2", "relu1_1", "relu2_1")
+
+
+def test_weights_file_with_caffe_preprocessing(tmp_path):
+    from nst_fast.weights import TORCHVISION_INDEX, load_weights
+
+    state = {}
+    for name, (w, b) in load_weights("caffe").convs.items():
+        state[f"features.{TORCHVISION_INDEX[name]}.weight"], state[f"features.{TORCHVISION_INDEX[name]}.bias"] = w, b
+    torch.save(state, tmp_path / "vgg19-caffe.pth")
+    style = torch.rand(3, 32, 32)
+    as_caffe = Stylizer(style, size=32, steps=0, weights=str(tmp_path / "vgg19-caffe.pth"), weights_preprocessing="caffe")
+    as_torchvision = Stylizer(style, size=32, steps=0, weights=str(tmp_path / "vgg19-caffe.pth"))
+    bundled = Stylizer(style, size=32, steps=0)
+    for name, target in bundled.style_targets.items():
+        assert torch.equal(as_caffe.style_targets[name], target)
+        assert not torch.allclose(as_torchvision.style_targets[name], target)

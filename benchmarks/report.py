@@ -1,0 +1,93 @@
+"""Regenerate the results tables in benchmarks/README.md from benchmarks/results/*.json.
+
+    python benchmarks/report.py          # rewrites the part of README.md between the markers
+
+Two kinds of JSON live in results/: `nst-fast bench --json` files (per-iteration time and memory per
+backend, precision and size) and pytest-benchmark files (`make bench`: also the operator and the
+time-to-quality suites).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def machine_line(m: dict) -> str:
+    device = m.get("gpu") or f"{m.get('host_cpu')} ({m.get('cores')} cores, {m.get('torch_threads')} threads)"
+    cuda = f", CUDA {m['cuda']}, driver {m.get('driver')}" if m.get("cuda") else ""
+    return f"{device}; torch {m.get('torch')}{cuda}; commit {m.get('commit')}"
+
+
+def bench_tables(path: Path, data: dict) -> list[str]:
+    lines = [f"### `{path.name}` — `nst-fast bench`", "", f"Machine: {machine_line(data['machine'])}.", "",
+             "| backend | precision | device | size | image | ms / iteration (median) | it/s | peak memory added (MiB) |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in data["results"]:
+        mem = "–" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | {r['size']} | {r['image'][3]}×{r['image'][2]} "
+                     f"| {r['ms_median']:.1f} | {r['iterations_per_second']:.2f} | {mem} |")  # fmt: skip
+    return lines + [""]
+
+
+def pytest_benchmark_tables(path: Path, data: dict) -> list[str]:
+    benches = data["benchmarks"]
+    first = benches[0]["extra_info"] if benches else {}
+    lines = [f"### `{path.name}` — `make bench`", "", f"Machine: {machine_line(first)}.", ""]
+    steps = [b for b in benches if b["name"].startswith("test_iteration")]
+    if steps:
+        lines += ["| backend | precision | device | size | ms / iteration (median) | peak memory added (MiB) |",
+                  "| --- | --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+        for b in steps:
+            e = b["extra_info"]
+            mem = e.get("peak_memory_mb")
+            lines.append(f"| {e['backend']} | {e['precision']} | {e['device']} | {e['size']} | "
+                         f"{b['stats']['median'] * 1000:.1f} | {'–' if mem is None else f'{mem:.0f}'} |")  # fmt: skip
+        lines.append("")
+    ops = [b for b in benches if b["name"].startswith("test_style_loss_op")]
+    if ops:
+        lines += ["Style-loss operator, median ms (extension `ext` against eager PyTorch `ref`):", "",
+                  "| image | layer | C×H×W | dtype | pass | ref | ext | ref / ext |",
+                  "| ---: | --- | --- | --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+        groups: dict[tuple, dict[str, float]] = {}
+        for b in ops:
+            e = b["extra_info"]
+            key = (e["image_size"], e["layer"], tuple(e["shape"][1:]), e["dtype"].replace("torch.", ""),
+                   "fwd+bwd" if e["backward"] else "fwd")  # fmt: skip
+            groups.setdefault(key, {})[e["impl"]] = b["stats"]["median"] * 1000
+        for (size, layer, shape, dtype, kind), t in groups.items():
+            ratio = f"{t['ref'] / t['ext']:.2f}×" if "ref" in t and "ext" in t else "–"
+            cells = [f"{t[i]:.2f}" if i in t else "–" for i in ("ref", "ext")]
+            lines.append(f"| {size} | {layer} | {'×'.join(map(str, shape))} | {dtype} | {kind} | {cells[0]} | {cells[1]} | {ratio} |")
+        lines.append("")
+    for b in benches:
+        if b["name"] == "test_time_to_quality":
+            e = b["extra_info"]
+            lines += [f"Time-to-quality at {e['size']} px (target: the reference's loss after {e['steps']} L-BFGS "
+                      "iterations):", "", "| backend | precision | seconds to target | iterations | final loss |",
+                      "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+            for r in e["results"]:
+                secs = "not reached" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}"
+                lines.append(f"| {r['backend']} | {r['precision']} | {secs} | {r['steps_to_target']} | {r['final_loss']:.4g} |")
+            lines.append("")
+    return lines
+
+
+def main() -> None:
+    lines: list[str] = []
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        lines += bench_tables(path, data) if "results" in data else pytest_benchmark_tables(path, data)
+    text = README.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(head + BEGIN + "\n" + "\n".join(lines) + "\n" + END + tail)
+
+
+if __name__ == "__main__":
+    main()
