@@ -10,6 +10,7 @@ from .errors import OptionsError
 from .vgg import POOLINGS, check_layers, min_image_side
 
 INITS = ("content", "content+noise", "noise")
+BACKENDS = ("reference", "onnxruntime")  # the loop that runs the optimization (nst_fast.stylizer.LOOPS)
 OPTIMIZERS = ("lbfgs", "adam")
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
 
@@ -53,6 +54,8 @@ class Options:
     lr: float | None = _opt(None, "learning rate (default: 1.0 for lbfgs, 0.02 for adam)")
     seed: int = _opt(0, "random seed of the noise in the initial image")
     device: str = _opt("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
+    backend: str = _opt("reference", "optimization loop: reference (plain fp32 PyTorch) or onnxruntime",
+                        choices=BACKENDS)  # fmt: skip
     impl: str = _opt("auto", "Gram/style-loss operators: auto, ext (compiled extension), ref (PyTorch)")
 
     def __post_init__(self) -> None:
@@ -102,7 +105,7 @@ class Options:
             raise OptionsError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
         if not isinstance(self.normalize_losses, bool):
             raise OptionsError(f"normalize_losses must be True or False, got {self.normalize_losses!r}")
-        for name in ("weights", "device", "impl", "pooling", "init", "optimizer"):
+        for name in ("weights", "device", "impl", "pooling", "init", "optimizer", "backend"):
             if not isinstance(getattr(self, name), str):
                 raise OptionsError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.weights_preprocessing not in (None, "caffe", "torchvision"):
@@ -136,7 +139,7 @@ class Options:
                 )
             for w in self.style_layer_weights:
                 _non_negative("style_layer_weights", w)
-        for name, allowed in (("pooling", POOLINGS), ("init", INITS), ("optimizer", OPTIMIZERS)):
+        for name, allowed in (("pooling", POOLINGS), ("init", INITS), ("optimizer", OPTIMIZERS), ("backend", BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise OptionsError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.impl not in ("auto", "ext", "ref"):

@@ -18,6 +18,21 @@ from .vgg import VGG19
 from .weights import load_weights
 
 
+def loop(backend: str):
+    """The optimization loop of ``backend``: (model, loss_fn, initial image, options, callback) → image.
+
+    Every loop has the signature of :func:`nst_fast.reference.optimize`, optimizes the loss that
+    ``loss_fn`` defines, and reports each iterate to the callback.
+    """
+    if backend == "reference":
+        return reference.optimize
+    if backend == "onnxruntime":
+        from .onnx.backend import optimize
+
+        return optimize
+    raise OptionsError(f"unknown backend {backend!r}")
+
+
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` → CUDA when available, else CPU; anything else must name a device that is there."""
     if name == "auto":
@@ -100,7 +115,7 @@ class Stylizer:
         content = self._prepare(load_image(content), opts.size, "content")
         loss_fn = reference.build_loss(self.model, content, self.style_targets, opts)
         image = reference.initial_image(content, opts)
-        return reference.optimize(self.model, loss_fn, image, opts, callback).cpu()
+        return loop(opts.backend)(self.model, loss_fn, image, opts, callback).cpu()
 
     def stylize(self, content, callback: Callback | None = None) -> Image.Image:
         """Stylize ``content`` (path, PIL image or tensor) and return the result as a PIL image."""
