@@ -30,7 +30,7 @@ bench-smoke: $(VENV)/.installed-test
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/cuda/*.cu csrc/cuda/*.h)
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 ifeq ($(HAVE_TORCH),yes)
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 else

@@ -14,11 +14,17 @@ from nst_fast import _ext, ops
 needs_ext = pytest.mark.skipif(not _ext.AVAILABLE, reason=f"nst_fast._C not built ({_ext.IMPORT_ERROR})")
 
 SHAPES = [(1, 3, 7, 5), (2, 64, 9, 11), (3, 16, 1, 1), (2, 8, 33, 17)]
+# CUDA runs wherever a GPU and the extension's CUDA kernels are present, and is skipped, saying so, elsewhere.
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+        not (torch.cuda.is_available() and _ext.WITH_CUDA), reason="needs a CUDA GPU and the extension's CUDA kernels")]),
+]  # fmt: skip
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
 
-def feats(shape, dtype=torch.float32, channels_last=False):
-    x = (torch.rand(shape) * 2 + 0.05).to(dtype)
+def feats(shape, dtype=torch.float32, channels_last=False, device="cpu"):
+    x = (torch.rand(shape) * 2 + 0.05).to(device=device, dtype=dtype)
     return x.to(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -26,7 +32,7 @@ def target_for(x, batch=1, symmetric=True):
     # Gram targets are symmetric; the operators must also be right for any other target.
     c = x.shape[1]
     m = torch.rand(batch, c, c, dtype=torch.float64)
-    return ((m + m.transpose(1, 2)) / 2 if symmetric else m).float()
+    return ((m + m.transpose(1, 2)) / 2 if symmetric else m).float().to(x.device)
 
 
 def f64_style_loss(x, a, scale):
@@ -42,11 +48,15 @@ def assert_close(x, y, rtol):
 
 
 @needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_ext_gram_matches_reference_and_float64(shape, dtype, channels_last):
-    x = feats(shape, dtype, channels_last)
+def test_ext_gram_matches_reference_and_float64(shape, dtype, channels_last, device):
+    x = feats(shape, dtype, channels_last, device)
+    # Poison memory and free it at once: the CUDA caching allocator hands this block to the output
+    # below, so an element the kernel fails to write shows as NaN.
+    torch.full((shape[0], shape[1], shape[1]), float("nan"), device=device)
     scale = 1.0 / (shape[2] * shape[3])
     out = ops.gram(x, scale, impl="ext")
     assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
@@ -63,8 +73,9 @@ def test_ext_gram_matches_reference_and_float64(shape, dtype, channels_last):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("target_batch", [0, 1, "B"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
-def test_ext_style_loss_and_gradient(shape, dtype, channels_last, target_batch, symmetric):
-    x = feats(shape, dtype, channels_last).requires_grad_()
+@pytest.mark.parametrize("device", DEVICES)
+def test_ext_style_loss_and_gradient(shape, dtype, channels_last, target_batch, symmetric, device):
+    x = feats(shape, dtype, channels_last, device).requires_grad_()
     scale = 1.0 / (shape[2] * shape[3])
     a = target_for(x, shape[0] if target_batch == "B" else 1, symmetric)
     a = a[0] if target_batch == 0 else a
@@ -88,24 +99,26 @@ def test_ext_style_loss_and_gradient(shape, dtype, channels_last, target_batch, 
 
 
 @needs_ext
-def test_gradcheck_float64():
-    x = feats((2, 5, 3, 4), torch.float64).requires_grad_()
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_float64(device):
+    x = feats((2, 5, 3, 4), torch.float64, device=device).requires_grad_()
     a = target_for(x, 2, symmetric=False).double().requires_grad_()
     assert torch.autograd.gradcheck(lambda f, t: ops.style_loss(f, t, 0.1, impl="ext"), (x, a))
     assert torch.autograd.gradcheck(lambda f, t: ops.style_loss(f, t, 0.1, impl="ext"), (x, a[:1].detach().requires_grad_()))
     assert torch.autograd.gradcheck(lambda f: ops.gram(f, 0.3, impl="ext"), (x,))
-    x_cl = feats((2, 5, 3, 4), torch.float64, channels_last=True).requires_grad_()
+    x_cl = feats((2, 5, 3, 4), torch.float64, channels_last=True, device=device).requires_grad_()
     assert torch.autograd.gradcheck(lambda f: ops.style_loss(f, a[0].detach(), 0.1, impl="ext"), (x_cl,))
 
 
 @needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
-def test_opcheck(layout):
-    x = feats((2, 8, 5, 3), channels_last=layout == "channels_last")
+def test_opcheck(layout, device):
+    x = feats((2, 8, 5, 3), channels_last=layout == "channels_last", device=device)
     if layout == "transposed":
-        x = feats((2, 8, 3, 5)).transpose(2, 3)  # dense, but neither contiguous nor channels_last
+        x = feats((2, 8, 3, 5), device=device).transpose(2, 3)  # dense, but neither contiguous nor channels_last
     a = target_for(x, symmetric=False)
-    grad = torch.tensor(1.5)
+    grad = torch.tensor(1.5, device=device)
     diff = ops.gram(x, 0.2, impl="ext") - a
     torch.library.opcheck(torch.ops.nst_fast.gram.default, (x.requires_grad_(), 0.2))
     torch.library.opcheck(torch.ops.nst_fast.style_loss.default, (x, a, 0.2))
@@ -134,6 +147,26 @@ def test_diff_output_is_not_differentiable():
     x = feats((1, 4, 3, 3)).requires_grad_()
     loss, diff = torch.ops.nst_fast.style_loss(x, target_for(x), 0.5)
     assert loss.requires_grad and not diff.requires_grad
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and _ext.WITH_CUDA), reason="needs a CUDA GPU and CUDA kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_large_hw_split_k(dtype, channels_last):
+    """A relu1_1-sized map of a 1024 px image: many split-K slices reduced across blocks."""
+    x = feats((1, 64, 1024, 1024), dtype, channels_last, "cuda")
+    scale = 1.0 / (1024 * 1024)
+    f = x.double().reshape(1, 64, -1)
+    assert_close(ops.gram(x, scale, impl="ext"), scale * f @ f.transpose(1, 2), 1e-4)
+    a = target_for(x)
+    xg = x.clone().requires_grad_()
+    loss = ops.style_loss(xg, a, scale, impl="ext")
+    (grad,) = torch.autograd.grad(loss, xg)
+    ref = ops.style_loss(xg, a, scale, impl="ref")
+    (ref_grad,) = torch.autograd.grad(ref, xg)
+    assert_close(loss, ref, 1e-3)
+    assert_close(grad.float(), ref_grad.float(), 2e-2 if dtype != torch.float32 else 1e-4)
 
 
 def test_impl_argument_is_checked():
