@@ -4,29 +4,43 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 
-@dataclass
 class Iterate:
     """One step of an optimization, as passed to a ``callback``.
 
     ``image`` is the live iterate (1×3×H×W in [0, 1]); clone it to keep it past the callback.
+    ``loss`` and ``losses`` may live on the device until read: reading them on a GPU waits for the
+    step to finish, so a callback that reads them only every N steps keeps the GPU busy.
+    ``elapsed`` is host time since the loop started (on a GPU, the work may still be queued).
     """
 
-    step: int
-    steps: int
-    loss: float
-    losses: dict[str, float]
-    elapsed: float
-    image: torch.Tensor = field(repr=False)
+    __slots__ = ("step", "steps", "elapsed", "image", "_loss", "_losses")
+
+    def __init__(self, step: int, steps: int, loss, losses: dict, elapsed: float, image: torch.Tensor):
+        self.step, self.steps, self.elapsed, self.image = step, steps, elapsed, image
+        self._loss, self._losses = loss, losses
+
+    @property
+    def loss(self) -> float:
+        if isinstance(self._loss, torch.Tensor):
+            self._loss = self._loss.item()
+        return self._loss
+
+    @property
+    def losses(self) -> dict[str, float]:
+        self._losses = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in self._losses.items()}
+        return self._losses
 
     def to_pil(self):
         from .image import tensor_to_pil
 
         return tensor_to_pil(self.image)
+
+    def __repr__(self) -> str:
+        return f"Iterate(step={self.step}/{self.steps}, loss={self.loss:.6g}, elapsed={self.elapsed:.3f})"
 
 
 Callback = Callable[[Iterate], object]
@@ -45,10 +59,12 @@ class ProgressBar:
         self.bar = tqdm(total=steps, desc=desc, unit="it", file=self.file, dynamic_ncols=True) if self.tty else None
 
     def __call__(self, it: Iterate) -> None:
+        report = it.step % self.every == 0 or it.step == it.steps
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{it.loss:.4g}", refresh=False)
+            if report or it.step == 1:  # reading the loss waits for a GPU: not every step
+                self.bar.set_postfix(loss=f"{it.loss:.4g}", refresh=False)
             self.bar.update(it.step - self.bar.n)
-        elif it.step % self.every == 0 or it.step == it.steps:
+        elif report:
             terms = " ".join(f"{k}={v:.4g}" for k, v in it.losses.items())
             rate = it.step / it.elapsed if it.elapsed > 0 else float("nan")
             print(f"{self.desc}: step {it.step}/{it.steps} loss={it.loss:.4g} {terms} ({rate:.2f} it/s)",

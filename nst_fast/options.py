@@ -10,7 +10,8 @@ from .errors import OptionsError
 from .vgg import POOLINGS, check_layers, min_image_side
 
 INITS = ("content", "content+noise", "noise")
-BACKENDS = ("reference", "onnxruntime")  # the loop that runs the optimization (nst_fast.stylizer.LOOPS)
+BACKENDS = ("torch", "reference", "onnxruntime")  # the loop that runs the optimization (stylizer.loop)
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 OPTIMIZERS = ("lbfgs", "adam")
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
 
@@ -54,8 +55,14 @@ class Options:
     lr: float | None = _opt(None, "learning rate (default: 1.0 for lbfgs, 0.02 for adam)")
     seed: int = _opt(0, "random seed of the noise in the initial image")
     device: str = _opt("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
-    backend: str = _opt("reference", "optimization loop: reference (plain fp32 PyTorch) or onnxruntime",
-                        choices=BACKENDS)  # fmt: skip
+    backend: str = _opt(
+        "torch", "optimization loop: torch (the fast engine), reference (plain fp32 PyTorch), onnxruntime",
+        choices=BACKENDS,
+    )
+    precision: str = _opt(
+        "auto", "torch backend's precision: auto (bf16 where the device runs it fast, else fp32), fp32, "
+        "tf32, bf16, fp16 (on a CPU: bf16)", choices=PRECISIONS,
+    )
     impl: str = _opt("auto", "Gram/style-loss operators: auto, ext (compiled extension), ref (PyTorch)")
 
     def __post_init__(self) -> None:
@@ -105,7 +112,7 @@ class Options:
             raise OptionsError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
         if not isinstance(self.normalize_losses, bool):
             raise OptionsError(f"normalize_losses must be True or False, got {self.normalize_losses!r}")
-        for name in ("weights", "device", "impl", "pooling", "init", "optimizer", "backend"):
+        for name in ("weights", "device", "impl", "pooling", "init", "optimizer", "backend", "precision"):
             if not isinstance(getattr(self, name), str):
                 raise OptionsError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.weights_preprocessing not in (None, "caffe", "torchvision"):
@@ -139,7 +146,8 @@ class Options:
                 )
             for w in self.style_layer_weights:
                 _non_negative("style_layer_weights", w)
-        for name, allowed in (("pooling", POOLINGS), ("init", INITS), ("optimizer", OPTIMIZERS), ("backend", BACKENDS)):
+        for name, allowed in (("pooling", POOLINGS), ("init", INITS), ("optimizer", OPTIMIZERS), ("backend", BACKENDS),
+                              ("precision", PRECISIONS)):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise OptionsError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.impl not in ("auto", "ext", "ref"):

@@ -26,6 +26,10 @@ def loop(backend: str):
     """
     if backend == "reference":
         return reference.optimize
+    if backend == "torch":
+        from .engine import optimize
+
+        return optimize
     if backend == "onnxruntime":
         from .onnx.backend import optimize
 

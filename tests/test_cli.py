@@ -81,7 +81,7 @@ def test_list_layers(capsys):
         (lambda c, s: [c, s, "--device", "mps"], "not available here"),
         (lambda c, s: [c, s, "--device", "tpu"], "unknown device"),
         (lambda c, s: [c, s, "--style-layers", "relu1_1,relu1_1"], "relu1_1 more than once"),
-        (lambda c, s: [c, s, "--tv-weight", "1e300"], "the loss became inf at step 1"),
+        (lambda c, s: [c, s, "--tv-weight", "1e300"], "the loss became inf"),
     ],
 )
 def test_bad_input_is_one_line_and_touches_nothing(images, tmp_path, capsys, change, message):

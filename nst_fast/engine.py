@@ -1,0 +1,161 @@
+"""The fast loop — the "torch" backend: mixed precision, channels_last, a device-resident optimizer,
+and no host synchronisation per iteration on a GPU.
+
+It optimizes the same loss as :mod:`nst_fast.reference` (the same ``StyleTransferLoss``, whose Gram and
+style-loss math runs in float32 through :mod:`nst_fast.ops`), and has the same signature and ``steps``
+semantics as :func:`nst_fast.reference.optimize`. What differs is how an iteration runs:
+
+- the convolutions run under autocast in bf16 or fp16 (or fp32 / TF32), in channels_last layout;
+- the optimizer is :class:`nst_fast.lbfgs.DeviceLBFGS` (torch.optim.LBFGS's algorithm without its
+  host-side branches) or Adam (fused on CUDA), so nothing is read back unless the callback asks;
+- a non-finite loss stops the run with a clear error (checked every step on a CPU, where it is free,
+  and whenever the loss is read on a GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .callbacks import Callback, Iterate
+from .errors import NstError
+from .lbfgs import DeviceLBFGS
+from .losses import StyleTransferLoss
+from .options import PRECISIONS, Options
+from .vgg import VGG19
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision a run uses on a device, and why it differs from the one asked for, if it does."""
+
+    requested: str
+    name: str
+    autocast_dtype: torch.dtype | None
+    note: str | None = None
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels here (AVX512-BF16 or AMX), where bf16 is fast."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """Map a requested precision onto what ``device`` can run well."""
+    if requested not in PRECISIONS:
+        raise NstError(f"unknown precision {requested!r}; use {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            requested_name = "bf16" if bf16_ok else "fp16"
+            return resolve_precision(requested_name, device)
+        if requested == "bf16" and not bf16_ok:
+            return Precision(requested, "fp16", torch.float16, "this GPU has no bf16: fp16 with loss scaling")
+        dtype = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
+        return Precision(requested, requested, dtype)
+    if device.type == "cpu":
+        fast_bf16 = cpu_supports_bf16()
+        if requested == "auto":
+            return Precision(requested, "bf16" if fast_bf16 else "fp32", torch.bfloat16 if fast_bf16 else None)
+        if requested == "fp16":
+            # Measured here: fp16 convolutions on a CPU run ~400× slower than bf16 (no native kernels).
+            if fast_bf16:
+                return Precision(requested, "bf16", torch.bfloat16, "fp16 has no fast CPU kernels: using bf16")
+            return Precision(requested, "fp32", None, "fp16 has no fast CPU kernels: using fp32")
+        if requested == "tf32":
+            return Precision(requested, "fp32", None, "TF32 is a GPU format: using fp32")
+        if requested == "bf16" and not fast_bf16:
+            return Precision(requested, "bf16", torch.bfloat16, "this CPU has no native bf16: expect it to be slow")
+        return Precision(requested, requested, torch.bfloat16 if requested == "bf16" else None)
+    # Other devices: autocast where torch supports it.
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(requested)
+    return Precision(requested, requested if requested != "auto" else "fp32", dtype)
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def lbfgs_history(numel: int, budget_bytes: int = 2**30) -> int:
+    """Curvature pairs to keep: 100 (the reference's) while they fit ``budget_bytes``, at least 5."""
+    return max(5, min(100, budget_bytes // (8 * numel)))
+
+
+class _Evaluator:
+    """Loss and image gradient at the current iterate, in the run's precision."""
+
+    # fp16 gradients of a loss of order one underflow; scale the loss up before backward and the
+    # gradient back down after. The losses are normalized (order one), so a fixed scale serves.
+    FP16_LOSS_SCALE = 2.0**12
+
+    def __init__(self, model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, precision: Precision):
+        self.model, self.loss_fn, self.image, self.precision = model, loss_fn, image, precision
+        self.scale = self.FP16_LOSS_SCALE if precision.autocast_dtype == torch.float16 else None
+
+    def __call__(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        x = self.image
+        with torch.no_grad():
+            x.clamp_(0, 1)
+        x.grad = None
+        dtype = self.precision.autocast_dtype
+        with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            acts = self.model(x)
+        loss, terms = self.loss_fn(acts, x)
+        (loss * self.scale if self.scale else loss).backward()
+        grad = x.grad
+        if self.scale:
+            grad = torch.nan_to_num(grad.float().div_(self.scale), nan=0.0, posinf=0.0, neginf=0.0)
+        return loss.detach(), {k: v.detach() for k, v in terms.items()}, grad
+
+
+def optimize(
+    model: VGG19,
+    loss_fn: StyleTransferLoss,
+    image: torch.Tensor,
+    options: Options,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Optimize ``image`` for ``options.steps`` loss evaluations; return it clamped to [0, 1]."""
+    device = image.device
+    precision = resolve_precision(options.precision, device)
+    model.to(memory_format=torch.channels_last)
+    x = image.detach().clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    evaluate = _Evaluator(model, loss_fn, x, precision)
+    if options.optimizer == "lbfgs":
+        optimizer = DeviceLBFGS(x, lr=options.learning_rate, history=lbfgs_history(x.numel()))
+        update = optimizer.step
+    else:
+        kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
+        adam = torch.optim.Adam([x], lr=options.learning_rate, **kind)
+
+        def update(grad: torch.Tensor) -> None:
+            x.grad = grad.to(x.dtype)
+            adam.step()
+
+    check_every = 1 if device.type == "cpu" else 50
+    start = time.perf_counter()
+    with _tf32(precision.name == "tf32" and device.type == "cuda"):
+        for step in range(1, options.steps + 1):
+            loss, terms, grad = evaluate()
+            if step % check_every == 0 or step == options.steps:
+                value = loss.item()
+                if not torch.isfinite(torch.tensor(value)):
+                    raise NstError(f"the loss became {value} by step {step}; lower --lr, or the weights")
+            if callback is not None:
+                callback(Iterate(step, options.steps, loss, terms, time.perf_counter() - start, x.detach()))
+            # Like torch.optim.LBFGS, the update after the last evaluation is applied too.
+            update(grad)
+    with torch.no_grad():
+        return x.detach().clamp_(0, 1).contiguous()

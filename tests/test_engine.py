@@ -1,0 +1,103 @@
+"""The torch backend (nst_fast.engine) and its device-resident L-BFGS, against the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nst_fast import Stylizer, reference
+from nst_fast.engine import cpu_supports_bf16, resolve_precision
+from nst_fast.errors import NstError
+from nst_fast.image import load_image, resize_longest
+from nst_fast.lbfgs import DeviceLBFGS
+
+CPU = torch.device("cpu")
+
+
+def test_precision_on_cpu():
+    assert resolve_precision("fp32", CPU).autocast_dtype is None
+    tf32 = resolve_precision("tf32", CPU)
+    assert tf32.name == "fp32" and "GPU" in tf32.note
+    fp16 = resolve_precision("fp16", CPU)
+    assert fp16.name in ("bf16", "fp32") and "fp16" in fp16.note and fp16.autocast_dtype != torch.float16
+    auto = resolve_precision("auto", CPU)
+    assert auto.name == ("bf16" if cpu_supports_bf16() else "fp32")
+    with pytest.raises(NstError, match="unknown precision"):
+        resolve_precision("fp8", CPU)
+
+
+def test_device_lbfgs_follows_torch_lbfgs():
+    torch.manual_seed(0)
+    a = torch.randn(40, 40, dtype=torch.float64)
+    a = (a @ a.T / 40 + torch.eye(40, dtype=torch.float64)).float()
+
+    def f(x):
+        return 0.5 * x @ a @ x + 0.1 * (x**4).sum() + x.sum()
+
+    x0 = torch.randn(40)
+    x1 = x0.clone().requires_grad_()
+    opt = torch.optim.LBFGS([x1], lr=1, max_iter=25, max_eval=25, tolerance_grad=-1, tolerance_change=-1,
+                            history_size=8)  # fmt: skip
+    torch_trace = []
+
+    def closure():
+        opt.zero_grad()
+        loss = f(x1)
+        loss.backward()
+        torch_trace.append(loss.item())
+        return loss
+
+    opt.step(closure)
+    x2 = x0.clone()
+    lbfgs = DeviceLBFGS(x2, lr=1, history=8)  # 8 < 25: the history wraps around
+    ours = []
+    for _ in range(25):
+        xx = x2.clone().requires_grad_()
+        loss = f(xx)
+        loss.backward()
+        ours.append(loss.item())
+        lbfgs.step(xx.grad)
+    assert ours[-1] < ours[0] - 1
+    assert ours == pytest.approx(torch_trace, rel=1e-4, abs=1e-4)
+
+
+def _judged(stylizer, content, image):
+    loss_fn = reference.build_loss(stylizer.model, content, stylizer.style_targets, stylizer.options)
+    return reference.evaluate_loss(stylizer.model, loss_fn, image)["total"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_engine_matches_reference_quality_at_equal_steps(tubingen, starry_night, precision):
+    content = resize_longest(load_image(tubingen), 96)
+    ref = Stylizer(starry_night, size=96, steps=40, backend="reference")
+    ref_image = ref.stylize_tensor(content)
+    fast = Stylizer(starry_night, size=96, steps=40, backend="torch", precision=precision)
+    seen = []
+    fast_image = fast.stylize_tensor(content, callback=lambda it: seen.append(it.loss))
+    assert len(seen) == 40 and all(torch.isfinite(torch.tensor(seen)))
+    assert seen[-1] < seen[0] / 3
+    assert torch.isfinite(fast_image).all() and fast_image.min() >= 0 and fast_image.max() <= 1
+    ref_loss, fast_loss = _judged(ref, content, ref_image), _judged(ref, content, fast_image)
+    assert fast_loss <= ref_loss * 1.05, f"{precision}: {fast_loss:.4g} against the reference's {ref_loss:.4g}"
+
+
+def test_engine_adam_and_noise_init(tubingen, the_scream):
+    seen = []
+    Stylizer(the_scream, size=48, steps=20, backend="torch", optimizer="adam", init="noise",
+             lr=0.05).stylize(tubingen, callback=seen.append)  # fmt: skip
+    assert [it.step for it in seen] == list(range(1, 21))
+    assert seen[-1].loss < seen[0].loss / 2
+
+
+def test_engine_stops_on_a_non_finite_loss():
+    with pytest.raises(NstError, match="the loss became inf"):
+        Stylizer(torch.rand(3, 32, 32), size=32, steps=3, backend="torch", tv_weight=1e300).stylize(torch.rand(3, 32, 32))
+
+
+def test_engine_callback_reads_are_lazy():
+    seen = []
+    Stylizer(torch.rand(3, 32, 32), size=32, steps=3, backend="torch").stylize(torch.rand(3, 32, 32),
+                                                                               callback=seen.append)  # fmt: skip
+    assert isinstance(seen[0]._loss, torch.Tensor), "the loss stays a tensor until read"
+    assert isinstance(seen[0].loss, float) and set(seen[0].losses) == {"content", "style"}
