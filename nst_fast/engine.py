@@ -19,11 +19,13 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 
 from .callbacks import Callback, Iterate
 from .errors import NstError
 from .lbfgs import DeviceLBFGS
 from .losses import StyleTransferLoss
+from .memory import MemoryEstimate, available_bytes, estimate
 from .options import PRECISIONS, Options
 from .vgg import VGG19
 
@@ -93,6 +95,37 @@ def lbfgs_history(numel: int, budget_bytes: int = 2**30) -> int:
     return max(5, min(100, budget_bytes // (8 * numel)))
 
 
+def _block_terms(model: VGG19, loss_fn: StyleTransferLoss, block: list[str], x: torch.Tensor):
+    """Run one VGG block from its input; return its output and the content and style terms its layers
+    contribute (as tensors, zero where none)."""
+    content = style = x.new_zeros((), dtype=torch.float32)
+    for name in block:
+        x = model.body[name](x)
+        if name in model.layers:
+            terms = loss_fn.layer_terms(name, x)
+            content = content + terms.get("content", 0.0)
+            style = style + terms.get("style", 0.0)
+    return x, content, style
+
+
+def checkpointed_loss(model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor):
+    """The loss, with each VGG block's activations — and the loss terms computed from them — recomputed
+    in the backward pass instead of kept: what autograd keeps falls to the blocks' inputs, and the peak
+    to about one block's activations, for the cost of a second forward pass."""
+    x = model.preprocess(image)
+    content = style = image.new_zeros((), dtype=torch.float32)
+    for block in model.blocks():
+        x, c, s = torch.utils.checkpoint.checkpoint(_block_terms, model, loss_fn, block, x, use_reentrant=False)
+        content, style = content + c, style + s
+    terms = {}
+    if loss_fn.content_targets:
+        terms["content"] = content
+    if loss_fn.style_targets:
+        terms["style"] = style
+    terms.update(loss_fn.image_terms(image))
+    return sum(terms.values()), terms
+
+
 class _Evaluator:
     """Loss and image gradient at the current iterate, in the run's precision."""
 
@@ -100,9 +133,11 @@ class _Evaluator:
     # gradient back down after. The losses are normalized (order one), so a fixed scale serves.
     FP16_LOSS_SCALE = 2.0**12
 
-    def __init__(self, model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, precision: Precision):
+    def __init__(self, model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, precision: Precision,
+                 checkpoint: bool = False):  # fmt: skip
         self.model, self.loss_fn, self.image, self.precision = model, loss_fn, image, precision
         self.scale = self.FP16_LOSS_SCALE if precision.autocast_dtype == torch.float16 else None
+        self.checkpoint = checkpoint
 
     def __call__(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         x = self.image
@@ -111,13 +146,38 @@ class _Evaluator:
         x.grad = None
         dtype = self.precision.autocast_dtype
         with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            acts = self.model(x)
-        loss, terms = self.loss_fn(acts, x)
+            if self.checkpoint:
+                loss, terms = checkpointed_loss(self.model, self.loss_fn, x)
+            else:
+                acts = self.model(x)
+        if not self.checkpoint:
+            loss, terms = self.loss_fn(acts, x)
         (loss * self.scale if self.scale else loss).backward()
         grad = x.grad
         if self.scale:
             grad = torch.nan_to_num(grad.float().div_(self.scale), nan=0.0, posinf=0.0, neginf=0.0)
         return loss.detach(), {k: v.detach() for k, v in terms.items()}, grad
+
+
+def use_checkpointing(options: Options, model: VGG19, image: torch.Tensor, precision: Precision) -> bool:
+    """``checkpoint`` "on"/"off" as given; "auto": on when the estimate without it exceeds free memory."""
+    if options.checkpoint != "auto":
+        return options.checkpoint == "on"
+    need = memory_estimate(options, model, image, precision, checkpoint=False).total
+    free = available_bytes(image.device)
+    return free is not None and need > free
+
+
+def memory_estimate(options: Options, model: VGG19, image: torch.Tensor, precision: Precision,
+                    checkpoint: bool) -> MemoryEstimate:  # fmt: skip
+    from .ops import _use_ext
+
+    activation_bytes = 2 if precision.autocast_dtype is not None else 4
+    history = lbfgs_history(image.numel())
+    copies = options.impl == "ref" or not _use_ext("auto", image)
+    return estimate(model.layers, image.shape[-2], image.shape[-1], activation_bytes, checkpoint,
+                    options.optimizer, history, image.shape[0], float32_loss_copies=copies,
+                    pooling=options.pooling)  # fmt: skip
 
 
 def optimize(
@@ -132,7 +192,7 @@ def optimize(
     precision = resolve_precision(options.precision, device)
     model.to(memory_format=torch.channels_last)
     x = image.detach().clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    evaluate = _Evaluator(model, loss_fn, x, precision)
+    evaluate = _Evaluator(model, loss_fn, x, precision, use_checkpointing(options, model, x, precision))
     if options.optimizer == "lbfgs":
         optimizer = DeviceLBFGS(x, lr=options.learning_rate, history=lbfgs_history(x.numel()))
         update = optimizer.step

@@ -134,20 +134,27 @@ class StyleTransferLoss(nn.Module):
     def layers(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys([*self.content_targets, *self.style_targets]))
 
+    def layer_terms(self, name: str, act: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The weighted content and style terms that layer ``name``'s activation contributes."""
+        terms = {}
+        if name in self.content_targets:
+            weight = self.content_weight * self.content_layer_weights[name]
+            terms["content"] = weight * content_loss(self.content_targets[name], act)
+        if name in self.style_targets:
+            weight = self.style_weight * self.layer_weights[name]
+            terms["style"] = weight * style_layer_loss_to_target(self.style_targets[name], act, impl=self.impl)
+        return terms
+
+    def image_terms(self, image: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The terms of the image itself (total variation)."""
+        return {"tv": self.tv_weight * tv_loss(image)} if self.tv_weight and image is not None else {}
+
     def forward(
         self, acts: Mapping[str, torch.Tensor], image: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        terms = {}
-        if self.content_targets:
-            terms["content"] = self.content_weight * sum(
-                self.content_layer_weights[name] * content_loss(a_C, acts[name])
-                for name, a_C in self.content_targets.items()
-            )
-        if self.style_targets:
-            terms["style"] = self.style_weight * style_loss(
-                self.style_targets, acts, self.layer_weights, impl=self.impl
-            )
-        if self.tv_weight and image is not None:
-            terms["tv"] = self.tv_weight * tv_loss(image)
-        total = sum(terms.values())
-        return total, terms
+        terms: dict[str, torch.Tensor] = {}
+        for name in self.layers:
+            for key, value in self.layer_terms(name, acts[name]).items():
+                terms[key] = terms[key] + value if key in terms else value
+        terms.update(self.image_terms(image))
+        return sum(terms.values()), terms

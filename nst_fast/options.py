@@ -63,6 +63,10 @@ class Options:
         "auto", "torch backend's precision: auto (bf16 where the device runs it fast, else fp32), fp32, "
         "tf32, bf16, fp16 (on a CPU: bf16)", choices=PRECISIONS,
     )
+    checkpoint: str = _opt(
+        "auto", "torch backend: recompute each VGG block in the backward pass to save memory: on, off, or auto "
+        "(on when the estimate exceeds free memory)", choices=("auto", "on", "off"),
+    )
     impl: str = _opt("auto", "Gram/style-loss operators: auto, ext (compiled extension), ref (PyTorch)")
 
     def __post_init__(self) -> None:
@@ -112,7 +116,7 @@ class Options:
             raise OptionsError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
         if not isinstance(self.normalize_losses, bool):
             raise OptionsError(f"normalize_losses must be True or False, got {self.normalize_losses!r}")
-        for name in ("weights", "device", "impl", "pooling", "init", "optimizer", "backend", "precision"):
+        for name in ("weights", "device", "impl", "pooling", "init", "optimizer", "backend", "precision", "checkpoint"):
             if not isinstance(getattr(self, name), str):
                 raise OptionsError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.weights_preprocessing not in (None, "caffe", "torchvision"):
@@ -147,7 +151,7 @@ class Options:
             for w in self.style_layer_weights:
                 _non_negative("style_layer_weights", w)
         for name, allowed in (("pooling", POOLINGS), ("init", INITS), ("optimizer", OPTIMIZERS), ("backend", BACKENDS),
-                              ("precision", PRECISIONS)):  # fmt: skip
+                              ("precision", PRECISIONS), ("checkpoint", ("auto", "on", "off"))):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise OptionsError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.impl not in ("auto", "ext", "ref"):

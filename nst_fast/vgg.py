@@ -106,6 +106,16 @@ class VGG19(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
+    def blocks(self) -> list[list[str]]:
+        """The layer names of each block (conv{b}_1 … pool{b}), truncated like the network: the units
+        of activation checkpointing."""
+        blocks: list[list[str]] = []
+        for name in self.body:
+            if name.endswith("_1") and name.startswith("conv") or not blocks:
+                blocks.append([])
+            blocks[-1].append(name)
+        return blocks
+
     @property
     def last_layer(self) -> str:
         return next(reversed(self.body.keys()))
@@ -119,7 +129,7 @@ class VGG19(nn.Module):
             x = module(x)
             if name in self.layers:
                 out[name] = x
-        return out
+        return {name: out[name] for name in self.layers}
 
     def train(self, mode: bool = True) -> VGG19:
         # Frozen feature extractor: there is no training mode to enter.

@@ -101,3 +101,53 @@ def test_engine_callback_reads_are_lazy():
                                                                                callback=seen.append)  # fmt: skip
     assert isinstance(seen[0]._loss, torch.Tensor), "the loss stays a tensor until read"
     assert isinstance(seen[0].loss, float) and set(seen[0].losses) == {"content", "style"}
+
+
+def test_checkpointed_loss_equals_the_plain_loss(tubingen, starry_night):
+    from nst_fast.engine import checkpointed_loss
+
+    stylizer = Stylizer(starry_night, size=48, tv_weight=0.5)
+    content = resize_longest(load_image(tubingen), 48)
+    loss_fn = reference.build_loss(stylizer.model, content, stylizer.style_targets, stylizer.options)
+    x = torch.rand_like(content).requires_grad_()
+    plain, plain_terms = loss_fn(stylizer.model(x), x)
+    (plain_grad,) = torch.autograd.grad(plain, x)
+    ckpt, ckpt_terms = checkpointed_loss(stylizer.model, loss_fn, x)
+    (ckpt_grad,) = torch.autograd.grad(ckpt, x)
+    assert set(ckpt_terms) == {"content", "style", "tv"}
+    assert torch.allclose(ckpt, plain, rtol=1e-6) and torch.allclose(ckpt_grad, plain_grad, rtol=1e-5, atol=1e-9)
+
+
+def test_checkpointing_runs_end_to_end():
+    seen = []
+    Stylizer(torch.rand(3, 40, 40), size=40, steps=4, backend="torch", checkpoint="on").stylize(
+        torch.rand(3, 40, 40), callback=seen.append)  # fmt: skip
+    assert len(seen) == 4 and seen[-1].loss < seen[0].loss
+
+
+@pytest.mark.parametrize("size", [(64, 48), (96, 80)])
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_memory_estimate_counts_what_autograd_keeps(size, pooling):
+    """The estimate's kept bytes against the tensors autograd actually saves, counted by storage."""
+    from nst_fast.memory import estimate
+    from nst_fast.vgg import VGG19
+
+    layers = ("relu4_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    model = VGG19(layers, pooling=pooling)
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.rand(1, 3, *size, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    e = estimate(layers, *size, activation_bytes=4, checkpoint=False, pooling=pooling)
+    assert e.kept == pytest.approx(sum(saved.values()), rel=0.02)
+    assert e.weights == sum(p.numel() * 4 for p in model.parameters())
+    small = estimate(layers, *size, activation_bytes=4, checkpoint=True, pooling=pooling)
+    assert small.kept < e.kept / 5 and small.total < e.total
