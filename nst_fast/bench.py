@@ -169,7 +169,56 @@ def _reference_step(options: Options, content: torch.Tensor, style: torch.Tensor
     return step
 
 
-BACKENDS: dict[str, dict[str, StepFactory]] = {"reference": {"fp32": _reference_step}}
+def _onnxruntime_step(options: Options, content: torch.Tensor, style: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """One loss-and-gradient evaluation of the step graph in ONNX Runtime (providers as the loop chooses)."""
+    from . import reference
+    from .onnx.backend import OrtStep, _requested_providers
+    from .stylizer import Stylizer
+
+    stylizer = Stylizer(style, options)
+    content = content.to(stylizer.device)
+    loss_fn = reference.build_loss(stylizer.model, content, stylizer.style_targets, options)
+    run = OrtStep(stylizer.model, loss_fn, content, _requested_providers(options))
+    image = content.to(run.device, torch.float32).contiguous()
+
+    def step() -> torch.Tensor:
+        loss, _, _ = run(image)
+        return torch.tensor(loss)
+
+    return step
+
+
+def _torch_step(precision: str) -> StepFactory:
+    """One evaluation of the torch backend (nst_fast.engine) in ``precision``: what its loop repeats."""
+
+    def factory(options: Options, content: torch.Tensor, style: torch.Tensor) -> Callable[[], torch.Tensor]:
+        from . import engine, reference
+        from .stylizer import Stylizer
+
+        stylizer = Stylizer(style, options.replace(precision=precision))
+        content = content.to(stylizer.device)
+        loss_fn = reference.build_loss(stylizer.model, content, stylizer.style_targets, options)
+        stylizer.model.to(memory_format=torch.channels_last)
+        image = content.clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        resolved = engine.resolve_precision(precision, stylizer.device)
+        checkpoint = engine.use_checkpointing(options, stylizer.model, image, resolved)
+        evaluate = engine._Evaluator(stylizer.model, loss_fn, image, resolved, checkpoint)
+        return lambda: evaluate()[0]
+
+    return factory
+
+
+def _torch_precisions() -> dict[str, StepFactory]:
+    """fp32 and bf16 everywhere; fp16 and tf32 where they are native (a GPU)."""
+    names = ["fp32", "bf16"] + (["tf32", "fp16"] if torch.cuda.is_available() else [])
+    return {name: _torch_step(name) for name in names}
+
+
+BACKENDS: dict[str, dict[str, StepFactory]] = {
+    "reference": {"fp32": _reference_step},
+    "torch": _torch_precisions(),
+    "onnxruntime": {"fp32": _onnxruntime_step},
+}
 
 
 # A loop runs a whole optimization: (options, content, style, callback) → image. Its callback's
@@ -184,7 +233,26 @@ def _reference_loop(options: Options, content: torch.Tensor, style: torch.Tensor
     return Stylizer(style, options).stylize_tensor(content, callback)
 
 
-LOOPS: dict[str, dict[str, Loop]] = {"reference": {"fp32": _reference_loop}}
+def _onnxruntime_loop(options: Options, content: torch.Tensor, style: torch.Tensor, callback: Callable) -> torch.Tensor:
+    from .stylizer import Stylizer
+
+    return Stylizer(style, options.replace(backend="onnxruntime")).stylize_tensor(content, callback)
+
+
+def _torch_loop(precision: str) -> Loop:
+    def loop(options: Options, content: torch.Tensor, style: torch.Tensor, callback: Callable) -> torch.Tensor:
+        from .stylizer import Stylizer
+
+        return Stylizer(style, options.replace(backend="torch", precision=precision)).stylize_tensor(content, callback)
+
+    return loop
+
+
+LOOPS: dict[str, dict[str, Loop]] = {
+    "reference": {"fp32": _reference_loop},
+    "torch": {name: _torch_loop(name) for name in _torch_precisions()},
+    "onnxruntime": {"fp32": _onnxruntime_loop},
+}
 
 
 @dataclass

@@ -23,6 +23,7 @@ a painting that nst-fast paints itself), so that `nst-fast -o demo.png` works ou
 
 Other commands (nst-fast COMMAND --help):
   bench    time one optimization iteration per backend, precision and size; table, JSON, plot
+  export   write the VGG-19 features, or the whole loss-and-gradient step, as an ONNX graph
   info     the device, extension, backends and weights this installation has"""
 
 EPILOG = """\
@@ -57,7 +58,6 @@ def _arg_type(annotation: str):
 def build_parser() -> argparse.ArgumentParser:
     from .options import Options
 
-    defaults = Options()
     parser = ArgumentParser(
         prog="nst-fast", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -72,21 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-layers", action="store_true", help="list the VGG-19 layer names and exit")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     group = parser.add_argument_group("stylization options (also nst_fast.Options fields)")
-    for f in dataclasses.fields(Options):
-        default = getattr(defaults, f.name)
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{f.metadata['help']} (default: {shown})"
-        kind = _arg_type(str(f.type))
-        kwargs = dict(default=argparse.SUPPRESS, help=help_text)
-        if kind is None:
-            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
-            continue
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        metavar = "N" if kind is int else "X" if kind is float else None
-        if str(f.type).startswith("tuple"):
-            metavar = "A,B,..."
-        group.add_argument(_flag(f.name), type=kind, metavar=metavar, **kwargs)
+    _add_option_flags(group, tuple(f.name for f in dataclasses.fields(Options)))
     return parser
 
 
@@ -142,6 +128,10 @@ def _stylize(args: argparse.Namespace) -> int:
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if hasattr(args, f.name)}
     options = Options().replace(**overrides)
+    if args.quiet:
+        import logging
+
+        logging.getLogger("nst_fast.onnx").setLevel(logging.WARNING)  # the onnxruntime backend's provider line
     output = check_output_path(args.output)
     if args.content is None:
         from .samples import sample_content, sample_style
@@ -157,7 +147,9 @@ def _stylize(args: argparse.Namespace) -> int:
         blend = parse_floats("style blend weights", args.style_blend)
     start = time.perf_counter()
     stylizer = Stylizer(styles, options, style_blend=blend)
-    say(f"device {stylizer.device}, weights {stylizer.model.weights_source}, {options.steps} {options.optimizer} steps")
+    say(f"device {stylizer.device}, backend {options.backend} ({stylizer.describe_precision()}), "
+        f"weights {stylizer.model.weights_source}, {options.steps} {options.optimizer} steps")
+    say(f"estimated peak memory {stylizer.memory_estimate(content)}")
     progress = None if args.quiet else ProgressBar(options.steps)
     try:
         result = stylizer.stylize(content, callback=progress)
@@ -264,10 +256,199 @@ def _info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# Options that shape an exported graph (the rest — steps, optimizer, seed, ... — belong to the loop).
+_FEATURES_OPTIONS = ("pooling", "weights", "weights_preprocessing")
+_STEP_OPTIONS = ("size", "style_scale", "content_layers", "style_layers", "style_layer_weights", "content_weight",
+                 "style_weight", "normalize_losses", "tv_weight", "pooling", "weights", "weights_preprocessing",
+                 "device")  # fmt: skip
+
+
+def _add_option_flags(parser, names: tuple[str, ...]) -> None:
+    """Flags for the :class:`Options` fields ``names``, as the stylize command has them."""
+    from .options import Options
+
+    defaults = Options()
+    fields = {f.name: f for f in dataclasses.fields(Options)}
+    for name in names:
+        f = fields[name]
+        default = getattr(defaults, name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        kwargs = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {shown})")
+        kind = _arg_type(str(f.type))
+        if kind is None:
+            parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        metavar = "N" if kind is int else "X" if kind is float else None
+        if str(f.type).startswith("tuple"):
+            metavar = "A,B,..."
+        parser.add_argument(_flag(name), type=kind, metavar=metavar, **kwargs)
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="nst-fast export",
+        description="Write an ONNX graph (opset 17, dynamic height and width, checked with onnx.checker and "
+        "against PyTorch in ONNX Runtime) that any ONNX engine runs: the VGG-19 feature extractor, or the whole "
+        "loss-and-gradient step of a stylization (image → loss, ∂loss/∂image) with its backward written out.",
+        epilog="examples:\n  nst-fast export features --layers relu1_1,relu4_2 -o vgg.onnx\n"
+        "  nst-fast export step --content photo.jpg --style starry_night.jpg --size 512 -o step.onnx\n"
+        "  nst-fast export step -o step.onnx                     # targets and weights as inputs\n"
+        "  nst-fast export step --content photo.jpg --style starry_night.jpg --targets inputs \\\n"
+        "      --feeds feeds.npz -o step.onnx                   # and the inputs for these images",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="graph", required=True, metavar="{features,step}")
+    features = sub.add_parser("features", help="the truncated feature extractor: image → one output per layer",
+                              description="The VGG-19 feature extractor, truncated after the deepest layer, with "
+                              "one output per layer (named after it) and the weights' preprocessing inside: its "
+                              "input is RGB in [0, 1], N×3×H×W, float32.")  # fmt: skip
+    features.add_argument("--layers", default=None, metavar="A,B,...",
+                          help="layers to output (default: the default content and style layers)")  # fmt: skip
+    _add_option_flags(features, _FEATURES_OPTIONS)
+    step = sub.add_parser("step", help="the loss-and-gradient step: image → (loss, ∂loss/∂image)",
+                          description="The loss of a stylization and its gradient with respect to the image "
+                          "(outputs loss, grad, and one scalar per term), with standard ops only.")  # fmt: skip
+    step.add_argument("--content", default=None, help="content image: its activations are the content targets")
+    step.add_argument("--style", action="append", default=None, help="style image (repeat to blend)")
+    step.add_argument("--style-blend", default=None, metavar="W1,W2,...", help="blend weights of the style images")
+    step.add_argument("--targets", choices=("inputs", "initializers"), default=None,
+                      help="targets and weights as graph inputs (one graph for many images) or baked in "
+                      "(default: initializers when --content and --style are given, else inputs)")  # fmt: skip
+    step.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                      help="precision of the network inside (inputs and outputs stay float32) (default: %(default)s)")
+    step.add_argument("--conv-backward", choices=("convtranspose", "conv"), default="convtranspose",
+                      help="a convolution's input gradient as ConvTranspose with its weights, or Conv with "
+                      "flipped copies (default: %(default)s)")  # fmt: skip
+    step.add_argument("--feeds", metavar="FILE.npz", default=None,
+                      help="also write the graph's inputs for these images (targets as inputs): name → array")
+    _add_option_flags(step, _STEP_OPTIONS)
+    for p in (features, step):
+        p.add_argument("-o", "--output", required=True, metavar="FILE.onnx", help="the ONNX file to write")
+        p.add_argument("--no-check", dest="check", action="store_false",
+                       help="skip running the graph in ONNX Runtime against PyTorch")  # fmt: skip
+        p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .errors import OptionsError
+    from .options import Options, split_list
+
+    _check_writable(args.output, (".onnx",))
+    overrides = {k: getattr(args, k) for k in (*_FEATURES_OPTIONS, *_STEP_OPTIONS) if hasattr(args, k)}
+    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    if args.graph == "features":
+        options = Options().replace(**overrides)
+        layers = options.layers if args.layers is None else split_list(args.layers)
+        if not layers:
+            raise OptionsError("--layers must name at least one layer")
+        from .onnx import export as onnx_export
+        from .vgg import VGG19, check_layers
+        from .weights import load_weights
+
+        layers = check_layers(layers)
+        model = VGG19(layers, load_weights(options.weights, options.weights_preprocessing), options.pooling)
+        proto = onnx_export.build_features_graph(model, layers)
+        if args.check:
+            error = onnx_export.check_features(proto, model)
+            _checked(error, 1e-4, "features graph")
+            say(f"checked against PyTorch in ONNX Runtime: relative error {error:.1e}")
+        onnx_export.save(proto, args.output)
+        say(f"wrote {args.output} ({_megabytes(args.output)}): image → {', '.join(layers)}")
+        return EXIT_OK
+    return _export_step(args, Options().replace(**overrides), say)
+
+
+def _export_step(args: argparse.Namespace, options, say) -> int:
+    from .errors import OptionsError
+    from .onnx import export as onnx_export
+    from .options import parse_floats
+
+    if args.feeds is not None:
+        _check_writable(args.feeds, (".npz",))
+    have_images = args.content is not None or args.style is not None
+    if have_images and (args.content is None or not args.style):
+        raise OptionsError("--content and --style go together (or give neither, for targets as inputs)")
+    targets = args.targets or ("initializers" if have_images else "inputs")
+    if targets == "initializers" and not have_images:
+        raise OptionsError("--targets initializers bakes in the targets of --content and --style: give both")
+    if args.feeds is not None and not (have_images and targets == "inputs"):
+        raise OptionsError("--feeds writes the inputs of a graph with --targets inputs for --content and --style")
+    if have_images:
+        from . import reference
+        from .image import load_image
+        from .stylizer import Stylizer
+
+        blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
+        stylizer = Stylizer(args.style, options, style_blend=blend)
+        model = stylizer.model
+        content = stylizer._prepare(load_image(args.content), options.size, "content")
+        loss_fn = reference.build_loss(model, content, stylizer.style_targets, options)
+    else:
+        if args.style_blend is not None:
+            raise OptionsError("--style-blend needs --style images")
+        model, loss_fn = _placeholder_loss(options)
+    proto = onnx_export.build_step_graph(model, loss_fn, targets, args.dtype, args.conv_backward)
+    if args.check:
+        loss_error, grad_error = onnx_export.check_step(proto, model, loss_fn, None if have_images else (48, 40))
+        # The gradient is discontinuous where a ReLU or a max-pool switches, and float32 rounding switches a
+        # few of them at large sizes (~5e-4 at 512 px): its bound catches a wrong graph, not those.
+        fp32 = args.dtype == "float32"
+        _checked(loss_error, 1e-3 if fp32 else 1e-2, "step graph's loss")
+        _checked(grad_error, 1e-2 if fp32 else 1e-1, "step graph's gradient")
+        say(f"checked against torch autograd in ONNX Runtime: loss {loss_error:.1e}, gradient {grad_error:.1e} "
+            "relative error")  # fmt: skip
+    if args.feeds is not None:
+        import numpy as np
+
+        from .atomic import atomic_save
+
+        feeds = onnx_export.step_feeds(loss_fn)
+        atomic_save(args.feeds, lambda f: np.savez(f, **feeds))
+        say(f"wrote {args.feeds}: {', '.join(feeds)}")
+    onnx_export.save(proto, args.output)
+    inputs = ", ".join(i.name for i in proto.graph.input)
+    say(f"wrote {args.output} ({_megabytes(args.output)}, {args.dtype}, targets as {targets}): "
+        f"{inputs} → {', '.join(o.name for o in proto.graph.output)}")  # fmt: skip
+    return EXIT_OK
+
+
+def _placeholder_loss(options):
+    """The model and a loss with zero targets: the structure of a graph whose targets are inputs."""
+    import torch
+
+    from .losses import StyleTransferLoss
+    from .onnx.export import _channels
+    from .vgg import VGG19
+    from .weights import load_weights
+
+    model = VGG19(options.layers, load_weights(options.weights, options.weights_preprocessing), options.pooling)
+    content = {n: torch.zeros(1, _channels(model, n), 1, 1) for n in options.content_layers}
+    style = {n: torch.zeros(1, _channels(model, n), _channels(model, n)) for n in options.style_layers}
+    loss_fn = StyleTransferLoss(content, style, options.layer_weights, options.content_weight, options.style_weight,
+                                options.tv_weight)  # fmt: skip
+    return model, loss_fn
+
+
+def _checked(error: float, tolerance: float, what: str) -> None:
+    import math
+
+    if not math.isfinite(error) or error > tolerance:
+        raise RuntimeError(f"the exported {what} differs from PyTorch by {error:.1e} (relative; over "
+                           f"{tolerance:.0e}): not trusted — please report this")  # fmt: skip
+
+
+def _megabytes(path: str) -> str:
+    return f"{Path(path).stat().st_size / 2**20:.1f} MiB"
+
+
 COMMANDS = {
     "stylize": (build_parser, _stylize),
     "bench": (build_bench_parser, _bench),
     "info": (build_info_parser, _info),
+    "export": (build_export_parser, _export),
 }
 
 

@@ -113,6 +113,25 @@ class Stylizer:
             )
         return image.to(self.device)
 
+    @property
+    def precision(self):
+        """The :class:`nst_fast.engine.Precision` the torch backend runs in here (fp32 for the others)."""
+        from .engine import resolve_precision
+
+        return resolve_precision(self.options.precision if self.options.backend == "torch" else "fp32", self.device)
+
+    def describe_precision(self) -> str:
+        p = self.precision
+        return p.name + (f"; {p.note}" if p.note else "")
+
+    def memory_estimate(self, content):
+        """The estimated peak memory of stylizing ``content`` (see :mod:`nst_fast.memory`)."""
+        from .engine import memory_estimate, use_checkpointing
+
+        image = resize_longest(load_image(content), self.options.size)
+        checkpoint = self.options.backend == "torch" and use_checkpointing(self.options, self.model, image, self.precision)
+        return memory_estimate(self.options, self.model, image, self.precision, checkpoint)
+
     def stylize_tensor(self, content, callback: Callback | None = None) -> torch.Tensor:
         """Like :meth:`stylize`, returning a 1×3×H×W float tensor in [0, 1] on the CPU."""
         opts = self.options

@@ -12,7 +12,7 @@ from nst_fast.cli import main
 
 
 def test_bench_writes_table_json_and_plot(tmp_path, capsys):
-    code = main(["bench", "--sizes", "32,48", "--rounds", "3", "--warmup", "1",
+    code = main(["bench", "--sizes", "32,48", "--rounds", "3", "--warmup", "1", "--backends", "reference",
                  "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
@@ -52,6 +52,14 @@ def test_measure_step_isolated_reports_memory():
     assert m.image == [1, 3, 24, 32] and m.ms_median > 0
     # The network's weights alone (20M float32 parameters, truncated at relu5_1) take over 40 MiB.
     assert m.memory_kind == "cpu_peak_rss" and m.peak_memory_mb is not None and m.peak_memory_mb > 40
+
+
+def test_every_backend_and_precision_measures_a_finite_loss():
+    images = bench.default_images()
+    for backend, precisions in bench.BACKENDS.items():
+        for precision in precisions:
+            m = bench.measure_step(backend, precision, 32, "cpu", rounds=1, warmup=0, images=images)
+            assert m.ms_median > 0 and m.loss == m.loss and m.loss > 0, (backend, precision)
 
 
 def test_info(capsys):
