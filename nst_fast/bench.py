@@ -155,6 +155,7 @@ def _reference_step(options: Options, content: torch.Tensor, style: torch.Tensor
     from . import reference
     from .stylizer import Stylizer
 
+    options = options.replace(backend="reference")
     stylizer = Stylizer(style, options)
     content = content.to(stylizer.device)
     loss_fn = reference.build_loss(stylizer.model, content, stylizer.style_targets, options)
@@ -230,7 +231,7 @@ Loop = Callable[[Options, torch.Tensor, torch.Tensor, Callable], torch.Tensor]
 def _reference_loop(options: Options, content: torch.Tensor, style: torch.Tensor, callback: Callable) -> torch.Tensor:
     from .stylizer import Stylizer
 
-    return Stylizer(style, options).stylize_tensor(content, callback)
+    return Stylizer(style, options.replace(backend="reference")).stylize_tensor(content, callback)
 
 
 def _onnxruntime_loop(options: Options, content: torch.Tensor, style: torch.Tensor, callback: Callable) -> torch.Tensor:
@@ -257,22 +258,35 @@ LOOPS: dict[str, dict[str, Loop]] = {
 
 @dataclass
 class Quality:
-    """How long a loop takes to reach the loss that the reference reaches after ``steps`` iterations."""
+    """How long a loop takes to reach the loss that the reference reaches after ``steps`` iterations,
+    and the loss it has itself after ``steps`` iterations (both judged by the float32 reference loss)."""
 
     backend: str
     precision: str
     size: int
     steps: int
     target_loss: float
-    seconds_to_target: float | None  # None: not reached within ``steps`` × 2 iterations
+    seconds_to_target: float | None  # None: not reached within 2 × ``steps`` iterations
     steps_to_target: int | None
-    final_loss: float
-    reference_seconds: float
+    loss_at_steps: float  # the float32 reference loss of its iterate after ``steps`` iterations
+    reference_seconds: float  # the reference's time for ``steps`` iterations
+
+    @property
+    def speedup(self) -> float | None:
+        return None if self.seconds_to_target is None else self.reference_seconds / self.seconds_to_target
+
+
+class _Done(Exception):
+    """Raised from a callback to end a loop early."""
 
 
 def time_to_quality(size: int = 256, steps: int = 300, device: str = "auto", backends: list[str] | None = None,
                     images: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Quality]:  # fmt: skip
-    """Wall time until each loop's output reaches the reference's loss after ``steps`` L-BFGS iterations."""
+    """Wall time until each loop's output reaches the reference's loss after ``steps`` L-BFGS iterations.
+
+    Each loop runs until it has done ``steps`` iterations and reached the target, or 2 × ``steps``. Its
+    iterates are judged by the float32 reference loss off the clock (the reference's own loss is that).
+    """
     from . import reference
     from .stylizer import Stylizer
 
@@ -284,29 +298,34 @@ def time_to_quality(size: int = 256, steps: int = 300, device: str = "auto", bac
     judge = Stylizer(style, options)
     judge_content = resize_longest(content, size).to(judge.device)
     judge_loss = reference.build_loss(judge.model, judge_content, judge.style_targets, options)
-    results = []
+    hit = next(i for i, (_, loss) in enumerate(ref_trace) if loss <= target)
+    results = [Quality("reference", "fp32", size, steps, target, ref_trace[hit][0], hit + 1, target, ref_seconds)]
     for backend in backends or list(LOOPS):
         for precision, loop in LOOPS[backend].items():
-            if backend == "reference" and precision == "fp32":
-                hit = next((i for i, (_, loss) in enumerate(ref_trace) if loss <= target), None)
-                results.append(Quality(backend, precision, size, steps, target, ref_trace[hit][0], hit + 1,
-                                       target, ref_seconds))  # fmt: skip
+            if backend == "reference":
                 continue
             reached: list[tuple[int, float]] = []
+            at_steps = [float("nan")]
             paused = 0.0
-            last_loss = float("nan")
 
-            def watch(it, reached=reached):
-                nonlocal paused, last_loss
+            def watch(it, reached=reached, at_steps=at_steps):
+                nonlocal paused
                 t0 = time.perf_counter()
-                last_loss = reference.evaluate_loss(judge.model, judge_loss, it.image)["total"]
-                if last_loss <= target and not reached:
+                loss = reference.evaluate_loss(judge.model, judge_loss, it.image)["total"]
+                if loss <= target and not reached:
                     reached.append((it.step, it.elapsed - paused))
+                if it.step == steps:
+                    at_steps[0] = loss
                 paused += time.perf_counter() - t0
+                if reached and it.step >= steps:
+                    raise _Done
 
-            loop(options.replace(steps=2 * steps), content, style, watch)
+            try:
+                loop(options.replace(steps=2 * steps), content, style, watch)
+            except _Done:
+                pass
             step_hit, seconds = reached[0] if reached else (None, None)
-            results.append(Quality(backend, precision, size, steps, target, seconds, step_hit, last_loss, ref_seconds))
+            results.append(Quality(backend, precision, size, steps, target, seconds, step_hit, at_steps[0], ref_seconds))
     return results
 
 

@@ -73,3 +73,61 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class SaveEvery:
+    """Save the iterate every ``every`` steps beside ``output``, as ``<stem>.step<N><suffix>``."""
+
+    def __init__(self, output, every: int, **save_args):
+        from pathlib import Path
+
+        self.output, self.every, self.save_args = Path(output), every, save_args
+        self.saved: list = []
+
+    def __call__(self, it: Iterate) -> None:
+        if it.step % self.every == 0:
+            from .image import save_image
+
+            path = self.output.with_name(f"{self.output.stem}.step{it.step:05d}{self.output.suffix}")
+            self.saved.append(save_image(it.image, path, **self.save_args))
+
+
+class JsonTrace:
+    """Record each iterate's loss terms, elapsed time and peak memory; :meth:`write` saves them as JSON.
+
+    Reading the loss every step waits for a GPU each step: a trace costs some speed there.
+    """
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def __call__(self, it: Iterate) -> None:
+        self.records.append({"step": it.step, "loss": it.loss, **it.losses, "elapsed": round(it.elapsed, 6),
+                             "peak_memory_mb": _peak_memory_mb(it.image.device)})  # fmt: skip
+
+    def write(self, path) -> None:
+        import json
+
+        from .atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps({"iterations": self.records}, indent=1) + "\n")
+
+
+def _peak_memory_mb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    from .bench import _status_kb
+
+    peak = _status_kb("VmHWM")
+    return None if peak is None else peak / 1024
+
+
+class Callbacks:
+    """Several callbacks as one."""
+
+    def __init__(self, *callbacks):
+        self.callbacks = [c for c in callbacks if c is not None]
+
+    def __call__(self, it: Iterate) -> None:
+        for callback in self.callbacks:
+            callback(it)

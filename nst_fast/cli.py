@@ -31,6 +31,9 @@ examples:
   nst-fast photo.jpg starry_night.jpg -o out.png
   nst-fast photo.jpg starry_night.jpg -o out.png --size 1024 --style-weight 50
   nst-fast photo.jpg a.jpg b.jpg --style-blend 0.7,0.3 -o out.png
+  nst-fast photo.jpg starry_night.jpg -o print.tif --size 2048        # coarse to fine: 512 → 1024 → 2048
+  nst-fast photos/ starry_night.jpg -o styled/ --format jpg --quality 92
+  nst-fast photo.jpg starry_night.jpg -o out.png --preserve-colors --save-every 20 --log-json trace.json
   nst-fast --list-layers"""
 
 
@@ -62,13 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nst-fast", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("content", nargs="?", help="content image (default: the built-in sample photograph)")
+    parser.add_argument("content", nargs="?", help="content image, or a directory or glob of them "
+                        "(default: the built-in sample photograph)")  # fmt: skip
     parser.add_argument("styles", nargs="*", metavar="style", help="style image(s) (default: the built-in painting)")
     parser.add_argument("-o", "--output", default="stylized.png",
-                        help="output image; the format follows the extension (default: %(default)s)")  # fmt: skip
+                        help="output image, its format from its extension; a directory for a batch "
+                        "(default: %(default)s)")  # fmt: skip
     parser.add_argument("--style-blend", default=None, metavar="W1,W2,...",
                         help="blend weights of the style images (default: equal)")  # fmt: skip
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    out = parser.add_argument_group("output and feedback")
+    out.add_argument("--quality", type=int, default=None, metavar="Q", help="JPEG/WebP quality, 1-100 (default: Pillow's)")
+    out.add_argument("--format", default="png", help="output format in batch mode, where -o is a directory (default: %(default)s)")
+    out.add_argument("--save-every", type=int, default=None, metavar="N",
+                     help="also save every N-th iterate, as OUTPUT-stem.stepNNNNN.ext")  # fmt: skip
+    out.add_argument("--log-json", default=None, metavar="FILE",
+                     help="write a per-iteration trace (loss terms, time, peak memory) as JSON")  # fmt: skip
     parser.add_argument("--list-layers", action="store_true", help="list the VGG-19 layer names and exit")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     group = parser.add_argument_group("stylization options (also nst_fast.Options fields)")
@@ -116,9 +128,8 @@ def _stylize(args: argparse.Namespace) -> int:
         print("\n".join(LAYER_NAMES))
         return EXIT_OK
 
-    from .callbacks import ProgressBar
+    from . import image as image_io
     from .errors import OptionsError
-    from .image import check_output_path, save_image
     from .options import Options, parse_floats
     from .stylizer import Stylizer
 
@@ -132,33 +143,106 @@ def _stylize(args: argparse.Namespace) -> int:
         import logging
 
         logging.getLogger("nst_fast.onnx").setLevel(logging.WARNING)  # the onnxruntime backend's provider line
-    output = check_output_path(args.output)
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise OptionsError(f"--quality must be between 1 and 100, got {args.quality}")
+    for flag, value in (("--save-every", args.save_every),):
+        if value is not None and value < 1:
+            raise OptionsError(f"{flag} must be at least 1, got {value}")
+    if args.log_json is not None:
+        _check_writable(args.log_json, (".json",))
     if args.content is None:
         from .samples import sample_content, sample_style
 
-        content, styles = sample_content(), [sample_style()]
+        jobs, styles = [(sample_content(), image_io.check_output_path(args.output))], [sample_style()]
         say("no CONTENT and STYLE given: using the built-in sample photograph and painting")
     elif not args.styles:
         raise OptionsError("a STYLE image is needed after CONTENT (or give neither, for the built-in samples)")
     else:
-        content, styles = args.content, args.styles
-    blend = None
-    if args.style_blend is not None:
-        blend = parse_floats("style blend weights", args.style_blend)
+        jobs, styles = _jobs(args.content, args.output, args.format), args.styles
+    blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
     start = time.perf_counter()
     stylizer = Stylizer(styles, options, style_blend=blend)
+    scales = options.scales()
     say(f"device {stylizer.device}, backend {options.backend} ({stylizer.describe_precision()}), "
-        f"weights {stylizer.model.weights_source}, {options.steps} {options.optimizer} steps")
-    say(f"estimated peak memory {stylizer.memory_estimate(content)}")
-    progress = None if args.quiet else ProgressBar(options.steps)
+        f"weights {stylizer.model.weights_source}, "
+        + (f"scales {' → '.join(map(str, scales))} px, " if len(scales) > 1 else "")
+        + f"{sum(options.steps_at(i) for i in range(len(scales)))} {options.optimizer} steps")
+    failures = 0
+    for content, output in jobs:
+        try:
+            _stylize_one(stylizer, content, output, args, say)
+        except (KeyboardInterrupt, OptionsError):
+            raise
+        except Exception as e:  # noqa: BLE001 — in a batch, one bad file must not stop the rest
+            if len(jobs) == 1:
+                raise
+            failures += 1
+            print(f"nst-fast: error: {content}: {' '.join(str(e).split())}", file=sys.stderr)
+    if len(jobs) > 1:
+        say(f"stylized {len(jobs) - failures} of {len(jobs)} images in {time.perf_counter() - start:.1f} s")
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def _stylize_one(stylizer, content, output: Path, args: argparse.Namespace, say) -> None:
+    from .callbacks import Callbacks, JsonTrace, ProgressBar, SaveEvery
+    from .image import save_image
+    from .memory import available_bytes
+
+    start = time.perf_counter()
+    estimate = stylizer.memory_estimate(content)
+    say(f"{content if isinstance(content, (str, Path)) else 'sample'}: estimated peak memory {estimate}")
+    free = available_bytes(stylizer.device)
+    if free is not None and estimate.total > free:
+        from .errors import NstError
+
+        raise NstError(
+            f"this run needs about {estimate.total / 2**30:.1f} GiB but {free / 2**30:.1f} GiB is free on "
+            f"{stylizer.device}; try a smaller --size, --precision bf16, or --checkpoint on"
+        )
+    save_args = {} if args.quality is None else {"quality": args.quality}
+    steps = sum(stylizer.options.steps_at(i) for i in range(len(stylizer.options.scales())))
+    progress = None if args.quiet else ProgressBar(steps)
+    trace = JsonTrace() if args.log_json else None
+    saver = SaveEvery(output, args.save_every, **save_args) if args.save_every else None
     try:
-        result = stylizer.stylize(content, callback=progress)
+        result = stylizer.stylize(content, callback=Callbacks(progress, trace, saver))
     finally:
         if progress is not None:
             progress.close()
-    save_image(result, output)
+        if trace is not None:
+            trace.write(args.log_json)
+    save_image(result, output, **save_args)
     say(f"wrote {output} ({result.width}×{result.height}) in {time.perf_counter() - start:.1f} s")
-    return EXIT_OK
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+
+
+def _jobs(content: str, output: str, fmt: str) -> list[tuple[str, Path]]:
+    """(content image, output path) pairs: one, or — for a directory or glob of images — one per image,
+    written into the output directory as <name>.<format>."""
+    import glob
+
+    from .errors import OptionsError
+    from .image import check_output_path
+
+    path = Path(content)
+    if path.is_dir():
+        sources = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif any(c in content for c in "*?[") and not path.exists():
+        sources = sorted(Path(p) for p in glob.glob(content) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        return [(content, check_output_path(output))]
+    if not sources:
+        raise OptionsError(f"no images found in {content}")
+    out_dir = Path(output)
+    if not out_dir.is_dir():
+        raise OptionsError(f"for a directory or glob of content images, -o must name an existing directory: {output}")
+    jobs = [(str(s), check_output_path(out_dir / f"{s.stem}.{fmt}")) for s in sources]
+    names = [o.name for _, o in jobs]
+    if len(set(names)) != len(names):
+        raise OptionsError("two content images share a name: their outputs would overwrite each other")
+    return jobs
 
 
 def build_bench_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from pathlib import Path
@@ -16,37 +17,49 @@ from .errors import ImageError
 
 
 
-def load_image(source) -> torch.Tensor:
+def load_image(source, max_pixels: int | None = None) -> torch.Tensor:
     """A path, PIL image or tensor → 1×3×H×W float32 RGB in [0, 1] on the CPU.
 
-    EXIF orientation is applied. Tensors may be 3×H×W or 1×3×H×W, floating point in [0, 1].
+    EXIF orientation is applied. Tensors may be 3×H×W or 1×3×H×W, floating point in [0, 1]. Files
+    above ``max_pixels`` (default :data:`MAX_PIXELS`) are refused before they are decoded.
     """
     if isinstance(source, torch.Tensor):
         return _check_tensor(source)
     if isinstance(source, Image.Image):
         return pil_to_tensor(source)
     if isinstance(source, (str, os.PathLike)):
-        return pil_to_tensor(read_image(source))
+        return pil_to_tensor(read_image(source, max_pixels))
     raise ImageError(f"expected an image path, PIL image or tensor, got {type(source).__name__}")
 
 
-def read_image(path: str | os.PathLike) -> Image.Image:
+# The guard against decompression bombs: image files above this many pixels are refused before they
+# are decoded (Options.max_pixels, --max-pixels, changes it). 2^28 px is 16384×16384.
+MAX_PIXELS = 2**28
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
     """Open and fully decode an image file, or raise :class:`ImageError` naming the problem."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image not found: {path}")
     if path.is_dir():
         raise ImageError(f"expected an image file, got a directory: {path}")
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the check below replaces Pillow's, with our limit
     try:
         with Image.open(path) as im:
+            if im.width * im.height > limit:
+                raise ImageError(f"image too large: {path} is {im.width}×{im.height} px, above the limit of "
+                                 f"{limit} px (a decompression bomb?); --max-pixels raises the limit")  # fmt: skip
             im.load()
             return ImageOps.exif_transpose(im)
     except UnidentifiedImageError:
         raise ImageError(f"not an image (or a format Pillow cannot read): {path}") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"image too large: {path}: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"cannot read image {path}: {' '.join(str(e).split())}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -55,8 +68,8 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     16-bit and 32-bit integer images keep their precision (scaled by 65535 when they fit 16 bits);
     float images are taken as [0, 1]; transparent images are composited over white.
     """
-    if image.width < 1 or image.height < 1:
-        raise ImageError(f"image has no pixels ({image.width}×{image.height})")
+    if image.width < 2 or image.height < 2:
+        raise ImageError(f"image is {image.width}×{image.height} px: too small to stylize")
     if image.mode.startswith("I") or image.mode == "F":
         array = np.asarray(image, dtype=np.float32)
         if image.mode != "F":
@@ -141,4 +154,15 @@ def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, **sav
     path = check_output_path(path)
     pil = image if isinstance(image, Image.Image) else tensor_to_pil(image)
     fmt = output_format(path)
+    if fmt in ("PNG", "JPEG", "WEBP", "TIFF") and "icc_profile" not in save_args:
+        save_args["icc_profile"] = srgb_profile()  # the pixels are sRGB: say so
+    if fmt not in ("JPEG", "WEBP"):
+        save_args.pop("quality", None)
     return atomic_save(path, lambda f: pil.save(f, format=fmt, **save_args))
+
+
+@functools.lru_cache(maxsize=1)
+def srgb_profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

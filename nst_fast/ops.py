@@ -47,7 +47,9 @@ def _use_ext(impl: str, feats: torch.Tensor) -> bool:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "ref":
         return False
-    supported = _ext.AVAILABLE and (feats.device.type == "cpu" or (feats.is_cuda and _ext.WITH_CUDA))
+    # The CUDA kernels reduce split-K partial sums with atomics: not bit-reproducible.
+    cuda_ok = feats.is_cuda and _ext.WITH_CUDA and not torch.are_deterministic_algorithms_enabled()
+    supported = _ext.AVAILABLE and (feats.device.type == "cpu" or cuda_ok)
     if impl == "ext" and not supported:
         why = "is not loaded" if not _ext.AVAILABLE else f"has no {feats.device.type} kernel"
         raise RuntimeError(f"impl='ext' requested but the nst_fast extension {why}")

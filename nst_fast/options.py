@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from .errors import OptionsError
@@ -28,7 +29,12 @@ class Options:
 
     size: int = _opt(512, "longest side of the output image, in pixels")
     style_scale: float = _opt(1.0, "style image's longest side as a multiple of --size")
-    steps: int = _opt(120, "optimizer iterations (loss evaluations)")
+    steps: int = _opt(120, "optimizer iterations (loss evaluations), at the coarsest scale")
+    pyramid_start: int = _opt(
+        512, "sizes above this run coarse to fine: optimized at size/2^k ≤ this first, then upscaled and "
+        "re-optimized at each doubling (0: one scale)"
+    )
+    pyramid_steps: int | None = _opt(None, "iterations at each finer pyramid scale (default: steps / 2)")
     content_layers: tuple[str, ...] = _opt(("relu4_2",), "VGG-19 layers compared with the content image")
     style_layers: tuple[str, ...] = _opt(
         ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), "VGG-19 layers whose Gram matrices are matched"
@@ -49,11 +55,14 @@ class Options:
         None, "input preprocessing of a weights file, if not its layout's: caffe or torchvision",
         choices=("caffe", "torchvision"),
     )
-    init: str = _opt("content", "initial image", choices=INITS)
+    init: str = _opt("content", "initial image: content, content+noise, noise, or an image file")
     noise_ratio: float = _opt(0.5, "share of noise in the content+noise initial image")
     optimizer: str = _opt("lbfgs", "optimizer", choices=OPTIMIZERS)
     lr: float | None = _opt(None, "learning rate (default: 1.0 for lbfgs, 0.02 for adam)")
+    max_pixels: int = _opt(2**28, "refuse image files above this many pixels (decompression bombs)")
     seed: int = _opt(0, "random seed of the noise in the initial image")
+    deterministic: bool = _opt(False, "bit-reproducible runs: deterministic algorithms only (slower)")
+    preserve_colors: bool = _opt(False, "keep the content's colours: the result's luminance with the content's chroma")
     device: str = _opt("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
     backend: str = _opt(
         "torch", "optimization loop: torch (the fast engine), reference (plain fp32 PyTorch), onnxruntime",
@@ -95,6 +104,19 @@ class Options:
         """Every layer the network must return, content first, without repeats."""
         return tuple(dict.fromkeys([*self.content_layers, *self.style_layers]))
 
+    def scales(self) -> list[int]:
+        """The image sizes of the coarse-to-fine pyramid, coarsest first, ending at ``size``."""
+        sizes = [self.size]
+        while self.pyramid_start and sizes[0] > self.pyramid_start and sizes[0] // 2 >= self.min_size:
+            sizes.insert(0, sizes[0] // 2)
+        return sizes
+
+    def steps_at(self, index: int) -> int:
+        """Iterations at pyramid scale ``index`` (0: the coarsest)."""
+        if index == 0:
+            return self.steps
+        return self.steps // 2 if self.pyramid_steps is None else self.pyramid_steps
+
     @property
     def min_size(self) -> int:
         return min_image_side(self.layers)
@@ -108,14 +130,15 @@ class Options:
             if value is not None and not isinstance(value, tuple):
                 value = tuple(value)
             object.__setattr__(self, name, value)
-        for name in ("size", "steps", "seed"):
+        for name in ("size", "steps", "seed", "pyramid_start", "max_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise OptionsError(f"{name} must be an integer, got {value!r}")
         if not 0 <= self.seed < 2**63:
             raise OptionsError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
-        if not isinstance(self.normalize_losses, bool):
-            raise OptionsError(f"normalize_losses must be True or False, got {self.normalize_losses!r}")
+        for name in ("normalize_losses", "deterministic", "preserve_colors"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionsError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("weights", "device", "impl", "pooling", "init", "optimizer", "backend", "precision", "checkpoint"):
             if not isinstance(getattr(self, name), str):
                 raise OptionsError(f"{name} must be a string, got {getattr(self, name)!r}")
@@ -125,6 +148,13 @@ class Options:
             raise OptionsError(f"size must be positive, got {self.size}")
         if self.steps < 0:
             raise OptionsError(f"steps must be zero or more, got {self.steps}")
+        if self.max_pixels < 1:
+            raise OptionsError(f"max_pixels must be positive, got {self.max_pixels}")
+        if self.pyramid_start < 0:
+            raise OptionsError(f"pyramid_start must be zero or more, got {self.pyramid_start}")
+        if self.pyramid_steps is not None and (isinstance(self.pyramid_steps, bool) or not isinstance(self.pyramid_steps, int)
+                                               or self.pyramid_steps < 0):  # fmt: skip
+            raise OptionsError(f"pyramid_steps must be an integer of zero or more, got {self.pyramid_steps!r}")
         for name in ("style_scale", "content_weight", "style_weight", "tv_weight", "noise_ratio", "lr"):
             value = getattr(self, name)
             if value is not None:
@@ -150,7 +180,9 @@ class Options:
                 )
             for w in self.style_layer_weights:
                 _non_negative("style_layer_weights", w)
-        for name, allowed in (("pooling", POOLINGS), ("init", INITS), ("optimizer", OPTIMIZERS), ("backend", BACKENDS),
+        if self.init not in INITS and not Path(self.init).expanduser().is_file():
+            raise OptionsError(f"init must be {', '.join(INITS)} or an image file; {self.init!r} is neither")
+        for name, allowed in (("pooling", POOLINGS), ("optimizer", OPTIMIZERS), ("backend", BACKENDS),
                               ("precision", PRECISIONS), ("checkpoint", ("auto", "on", "off"))):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise OptionsError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

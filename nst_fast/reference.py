@@ -43,10 +43,16 @@ def content_targets(model: VGG19, content: torch.Tensor, layers) -> dict[str, to
 
 
 def initial_image(content: torch.Tensor, options: Options) -> torch.Tensor:
-    """Content, uniform noise, or their mix; the noise comes from a CPU generator seeded with ``seed``,
-    so a seed gives the same start on every device."""
+    """Content, uniform noise, their mix, or an image file resized to the content's size; the noise
+    comes from a CPU generator seeded with ``seed``, so a seed gives the same start on every device."""
     if options.init == "content":
         return content.clone()
+    if options.init not in ("noise", "content+noise"):
+        from .image import load_image
+
+        start = load_image(options.init, options.max_pixels).to(content.device)
+        return torch.nn.functional.interpolate(start, size=content.shape[-2:], mode="bicubic", antialias=True,
+                                               align_corners=False).clamp_(0, 1)  # fmt: skip
     generator = torch.Generator().manual_seed(options.seed)
     noise = torch.rand(content.shape, generator=generator).to(content.device, content.dtype)
     if options.init == "noise":

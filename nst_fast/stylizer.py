@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import time
 from collections.abc import Sequence
 
-import math
-
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from . import reference
-from .callbacks import Callback
+from .callbacks import Callback, Iterate
+from .color import preserve_colors
 from .errors import ImageError, OptionsError
 from .image import load_image, resize_longest, tensor_to_pil
 from .options import Options
@@ -99,9 +102,14 @@ class Stylizer:
         _check_impl(opts.impl, self.device)
         weights = load_weights(opts.weights, opts.weights_preprocessing)
         self.model = VGG19(opts.layers, weights, opts.pooling).to(self.device)
-        style_size = max(1, round(opts.size * opts.style_scale))
-        images = [self._prepare(load_image(s), style_size, "style", "--size or --style-scale") for s in styles]
-        self.style_targets = reference.style_targets(self.model, images, blend, opts.style_layers)
+        originals = [load_image(s, opts.max_pixels) for s in styles]
+        # Style targets once per pyramid scale, for every content image this stylizer will see.
+        self.style_targets_by_size = {}
+        for size in opts.scales():
+            style_size = max(1, round(size * opts.style_scale))
+            images = [self._prepare(image, style_size, "style", "--size or --style-scale") for image in originals]
+            self.style_targets_by_size[size] = reference.style_targets(self.model, images, blend, opts.style_layers)
+        self.style_targets = self.style_targets_by_size[opts.size]
 
     def _prepare(self, image: torch.Tensor, size: int, what: str, raise_what: str = "--size") -> torch.Tensor:
         image = resize_longest(image, size)
@@ -128,21 +136,62 @@ class Stylizer:
         """The estimated peak memory of stylizing ``content`` (see :mod:`nst_fast.memory`)."""
         from .engine import memory_estimate, use_checkpointing
 
-        image = resize_longest(load_image(content), self.options.size)
+        image = resize_longest(load_image(content, self.options.max_pixels), self.options.size)
         checkpoint = self.options.backend == "torch" and use_checkpointing(self.options, self.model, image, self.precision)
         return memory_estimate(self.options, self.model, image, self.precision, checkpoint)
 
     def stylize_tensor(self, content, callback: Callback | None = None) -> torch.Tensor:
-        """Like :meth:`stylize`, returning a 1×3×H×W float tensor in [0, 1] on the CPU."""
+        """Like :meth:`stylize`, returning a 1×3×H×W float tensor in [0, 1] on the CPU.
+
+        Above ``pyramid_start`` the image is optimized coarse to fine: at each scale of
+        :meth:`Options.scales`, starting from the previous scale's result, upscaled.
+        """
         opts = self.options
-        content = self._prepare(load_image(content), opts.size, "content")
-        loss_fn = reference.build_loss(self.model, content, self.style_targets, opts)
-        image = reference.initial_image(content, opts)
-        return loop(opts.backend)(self.model, loss_fn, image, opts, callback).cpu()
+        original = load_image(content, opts.max_pixels)
+        scales = opts.scales()
+        total = sum(opts.steps_at(i) for i in range(len(scales)))
+        optimize = loop(opts.backend)
+        image = None
+        done, start = 0, time.perf_counter()
+        with _deterministic(opts.deterministic):
+            for i, size in enumerate(scales):
+                content_i = self._prepare(original, size, "content")
+                loss_fn = reference.build_loss(self.model, content_i, self.style_targets_by_size[size], opts)
+                if image is None:
+                    image = reference.initial_image(content_i, opts)
+                else:
+                    image = F.interpolate(image, size=content_i.shape[-2:], mode="bicubic", align_corners=False)
+                    image = image.clamp_(0, 1)
+                image = optimize(self.model, loss_fn, image, opts.replace(steps=opts.steps_at(i)),
+                                 _offset(callback, done, total, time.perf_counter() - start))  # fmt: skip
+                done += opts.steps_at(i)
+        if opts.preserve_colors:
+            image = preserve_colors(image, content_i)
+        return image.cpu()
 
     def stylize(self, content, callback: Callback | None = None) -> Image.Image:
         """Stylize ``content`` (path, PIL image or tensor) and return the result as a PIL image."""
         return tensor_to_pil(self.stylize_tensor(content, callback))
+
+
+def _offset(callback: Callback | None, done: int, total: int, elapsed: float) -> Callback | None:
+    """A callback for one pyramid scale that reports steps and time as parts of the whole run."""
+    if callback is None:
+        return None
+    return lambda it: callback(Iterate(done + it.step, total, it._loss, it._losses, elapsed + it.elapsed, it.image))
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def stylize(content, style, callback: Callback | None = None, **options) -> Image.Image:

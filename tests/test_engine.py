@@ -151,3 +151,21 @@ def test_memory_estimate_counts_what_autograd_keeps(size, pooling):
     assert e.weights == sum(p.numel() * 4 for p in model.parameters())
     small = estimate(layers, *size, activation_bytes=4, checkpoint=True, pooling=pooling)
     assert small.kept < e.kept / 5 and small.total < e.total
+
+
+PHOTOS = ["tubingen.jpg", "golden_gate.jpg", "hoovertowernight.jpg"]
+PAINTINGS = ["starry_night.jpg", "the_scream.jpg", "shipwreck.jpg", "woman-with-hat-matisse.jpg"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_bf16_stays_finite_on_every_shared_pair(photo):
+    from conftest import shared_image
+
+    content = shared_image(photo)
+    for painting in PAINTINGS:
+        seen = []
+        out = Stylizer(shared_image(painting), size=64, steps=8, backend="torch", precision="bf16").stylize_tensor(
+            content, callback=seen.append)  # fmt: skip
+        assert all(torch.isfinite(torch.tensor([it.loss, *it.losses.values()])).all() for it in seen), painting
+        assert torch.isfinite(out).all() and seen[-1].loss < seen[0].loss, painting

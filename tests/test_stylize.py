@@ -114,7 +114,7 @@ def test_too_small_images_and_bad_options_fail_clearly():
         (dict(style_layer_weights="1,x,1,1,1"), "'x' is not a number"),
         (dict(size=0), "size must be positive"),
         (dict(steps=2.5), "integer"),
-        (dict(init="zeros"), "init must be one of"),
+        (dict(init="zeros"), "or an image file; .zeros. is neither"),
         (dict(noise_ratio=1.5), "between 0 and 1"),
     ],
 )

@@ -1,0 +1,153 @@
+"""The command's options for real use: pyramid, batches, intermediate saves, traces, colours, formats,
+limits — each on small images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import nst_fast
+from nst_fast import Options, Stylizer
+from nst_fast.cli import main
+from nst_fast.color import rgb_to_ycbcr
+
+TINY = ["--size", "40", "--steps", "2", "-q"]
+
+
+@pytest.fixture
+def images(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    for name in ("content", "style"):
+        array = (torch.rand(48, 64, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        Image.fromarray(array).save(tmp_path / f"{name}.png")
+    return tmp_path / "content.png", tmp_path / "style.png"
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_pyramid_scales_and_steps():
+    o = Options(size=2048, steps=100)
+    assert o.scales() == [512, 1024, 2048] and [o.steps_at(i) for i in range(3)] == [100, 50, 50]
+    assert Options(size=1500, pyramid_start=512).scales() == [375, 750, 1500]
+    assert Options(size=512).scales() == [512] and Options(size=4096, pyramid_start=0).scales() == [4096]
+    assert Options(size=2048, pyramid_steps=7).steps_at(2) == 7
+
+
+def test_pyramid_run_reports_every_step_and_ends_at_full_size():
+    seen = []
+    stylizer = Stylizer(torch.rand(3, 64, 64), size=64, pyramid_start=32, steps=4, pyramid_steps=2)
+    assert sorted(stylizer.style_targets_by_size) == [32, 64]
+    out = stylizer.stylize_tensor(torch.rand(3, 48, 64), callback=seen.append)
+    assert out.shape == (1, 3, 48, 64)
+    assert [it.step for it in seen] == [1, 2, 3, 4, 5, 6] and {it.steps for it in seen} == {6}
+    assert [tuple(it.image.shape[-2:]) for it in seen] == [(24, 32)] * 4 + [(48, 64)] * 2
+    assert all(seen[i].elapsed <= seen[i + 1].elapsed for i in range(5))
+
+
+def test_save_every_and_log_json(images, tmp_path, capsys):
+    content, style = images
+    code, _, _ = run([content, style, "-o", tmp_path / "out.png", "--save-every", "1", "--log-json",
+                      tmp_path / "trace.json", *TINY], capsys)  # fmt: skip
+    assert code == 0
+    assert (tmp_path / "out.step00001.png").is_file() and (tmp_path / "out.step00002.png").is_file()
+    trace = json.loads((tmp_path / "trace.json").read_text())["iterations"]
+    assert [r["step"] for r in trace] == [1, 2]
+    assert all(r["loss"] > 0 and "style" in r and "content" in r and r["elapsed"] >= 0 for r in trace)
+
+
+def test_preserve_colors_keeps_the_content_chroma(tubingen, starry_night):
+    content = nst_fast.image.resize_longest(nst_fast.image.load_image(tubingen), 48)
+    out = Stylizer(starry_night, size=48, steps=5, preserve_colors=True).stylize_tensor(content)
+    plain = Stylizer(starry_night, size=48, steps=5).stylize_tensor(content)
+    chroma = rgb_to_ycbcr(content)[:, 1:]
+    # Clamping to [0, 1] can move a few saturated pixels; the rest keep the content's chroma.
+    assert (rgb_to_ycbcr(out)[:, 1:] - chroma).abs().median() < 0.01
+    assert (rgb_to_ycbcr(plain)[:, 1:] - chroma).abs().median() > 0.03
+
+
+def test_init_from_an_image_file(images, tmp_path):
+    content, style = images
+    seen = []
+    Stylizer(style, size=40, steps=1, init=str(style)).stylize(content, callback=seen.append)
+    first = seen[0].image
+    assert first.shape[-2:] == (30, 40)
+    with pytest.raises(nst_fast.OptionsError, match="image file"):
+        Options(init=str(tmp_path / "missing.png"))
+
+
+def test_deterministic_runs_repeat(images):
+    content, style = images
+    a = Stylizer(style, size=40, steps=3, deterministic=True, init="content+noise").stylize_tensor(content)
+    b = Stylizer(style, size=40, steps=3, deterministic=True, init="content+noise").stylize_tensor(content)
+    assert torch.equal(a, b) and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_formats_quality_and_srgb_profile(images, tmp_path, capsys):
+    content, style = images
+    for name, extra in (("low.jpg", ["--quality", "10"]), ("high.jpg", ["--quality", "95"]), ("out.webp", []),
+                        ("out.tif", []), ("out.png", [])):  # fmt: skip
+        assert run([content, style, "-o", tmp_path / name, *extra, *TINY], capsys)[0] == 0
+    assert (tmp_path / "low.jpg").stat().st_size < (tmp_path / "high.jpg").stat().st_size
+    for name in ("high.jpg", "out.webp", "out.tif", "out.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.size == (40, 30) and im.info.get("icc_profile"), name
+    assert run([content, style, "-o", tmp_path / "x.jpg", "--quality", "0", *TINY], capsys)[0] == 2
+
+
+def test_decompression_bomb_limit_and_tiny_images(images, tmp_path, capsys):
+    content, style = images
+    code, _, err = run([content, style, "-o", tmp_path / "out.png", "--max-pixels", "1000", *TINY], capsys)
+    assert code == 2 and "image too large" in err and "--max-pixels" in err and err.count("\n") == 1
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    code, _, err = run([tmp_path / "dot.png", style, "-o", tmp_path / "out.png", *TINY], capsys)
+    assert code == 2 and "too small" in err and not (tmp_path / "out.png").exists()
+
+
+def test_batch_directory_reports_a_bad_file_and_does_the_rest(images, tmp_path, capsys):
+    content, style = images
+    photos, styled = tmp_path / "photos", tmp_path / "styled"
+    photos.mkdir()
+    styled.mkdir()
+    for name in ("a.png", "b.jpg"):
+        Image.open(content).save(photos / name)
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (photos / "notes.txt").write_text("not an image")
+    code, _, err = run([photos, style, "-o", styled, "--format", "jpg", *TINY], capsys)
+    assert code == 1
+    assert sorted(p.name for p in styled.iterdir()) == ["a.jpg", "b.jpg"]
+    assert "broken.png" in err and err.count("error") == 1
+    code, _, _ = run([str(photos / "*.jpg"), style, "-o", styled, *TINY], capsys)
+    assert code == 0 and (styled / "b.png").is_file()
+    code, _, err = run([photos, style, "-o", tmp_path / "nowhere", *TINY], capsys)
+    assert code == 2 and "existing directory" in err
+
+
+def test_memory_that_cannot_fit_is_a_clear_error(images, tmp_path, capsys, monkeypatch):
+    import nst_fast.memory
+
+    monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: 1024)
+    content, style = images
+    code, _, err = run([content, style, "-o", tmp_path / "out.png", *TINY], capsys)
+    assert code == 2 and "GiB is free" in err and "--size" in err and not (tmp_path / "out.png").exists()
+
+
+def test_ctrl_c_exits_130_and_keeps_the_output(images, tmp_path, capsys, monkeypatch):
+    content, style = images
+    out = tmp_path / "out.png"
+    out.write_bytes(b"earlier result")
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Stylizer, "stylize", interrupted)
+    code, _, err = run([content, style, "-o", out, *TINY], capsys)
+    assert code == 130 and "interrupted" in err and out.read_bytes() == b"earlier result"
+    assert np.array_equal(sorted(p.name for p in tmp_path.iterdir()), ["content.png", "out.png", "style.png"])
