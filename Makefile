@@ -16,16 +16,16 @@ HAVE_TORCH := $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo yes)
 demo: $(VENV)/.installed
 	$(VENV)/bin/nst-fast --size 256 -o demo.png
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed
 	$(PY) -m pytest
 
 # The pytest-benchmark suites, saved as JSON (see benchmarks/README.md).
 BENCH_JSON ?= benchmarks/results/pytest-benchmark.json
-bench: $(VENV)/.installed-test
+bench: $(VENV)/.installed
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only --benchmark-json=$(BENCH_JSON)
 
 # One untimed pass of every benchmark at the smallest size (CI), so that the suites never rot.
-bench-smoke: $(VENV)/.installed-test
+bench-smoke: $(VENV)/.installed
 	NST_FAST_BENCH_SMOKE=1 $(PY) -m pytest benchmarks -q --benchmark-disable
 
 install: $(VENV)/.installed
@@ -38,10 +38,6 @@ else
 	$(PIP) install "$(TORCH)"
 endif
 	$(PIP) install "setuptools>=64" wheel "pybind11>=2.10" ninja
-	$(PIP) install --no-build-isolation -e .
-	touch $@
-
-$(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install --no-build-isolation -e ".[test]"
 	touch $@
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -101,35 +101,50 @@ def optimize(
 ) -> torch.Tensor:
     """Optimize ``image`` (the initial image, modified in place) for ``options.steps`` evaluations of the
     loss; return it clamped to [0, 1]. ``callback`` receives an :class:`Iterate` after each one."""
-    image = image.detach().requires_grad_(True)
+
+    def evaluate(x: torch.Tensor):
+        loss, terms = loss_fn(model(x), x)
+        loss.backward()
+        return loss, terms, x.grad
+
+    return optimizer_loop(image.detach().requires_grad_(True), options, evaluate, callback)
+
+
+Evaluate = Callable[[torch.Tensor], tuple[torch.Tensor | float, Mapping[str, torch.Tensor | float], torch.Tensor]]
+
+
+def optimizer_loop(x: torch.Tensor, options: Options, evaluate: Evaluate, callback: Callback | None = None) -> torch.Tensor:
+    """The reference's optimization around ``evaluate(x) → (loss, terms, ∂loss/∂x)``: torch.optim.LBFGS
+    (no line search) or Adam updates ``x`` (a leaf tensor, in place), kept in [0, 1]; ``options.steps``
+    evaluations; a non-finite loss stops the run. Other loops (ONNX Runtime) reuse it with their own
+    ``evaluate``."""
     if options.optimizer == "lbfgs":
         # One .step() runs the whole optimization; negative tolerances disable early stopping, so that
         # every run does exactly ``steps`` iterations.
         optimizer = torch.optim.LBFGS(
-            [image], lr=options.learning_rate, max_iter=options.steps, max_eval=options.steps,
+            [x], lr=options.learning_rate, max_iter=options.steps, max_eval=options.steps,
             tolerance_grad=-1, tolerance_change=-1, history_size=100,
         )  # fmt: skip
     else:
-        optimizer = torch.optim.Adam([image], lr=options.learning_rate)
+        optimizer = torch.optim.Adam([x], lr=options.learning_rate)
     start = time.perf_counter()
     step = 0
 
     def closure() -> torch.Tensor:
         nonlocal step
         with torch.no_grad():
-            image.clamp_(0, 1)
+            x.clamp_(0, 1)
         optimizer.zero_grad(set_to_none=True)
-        loss, terms = loss_fn(model(image), image)
+        loss, terms, grad = evaluate(x)
         step += 1
-        if not torch.isfinite(loss):
-            raise NstError(
-                f"the loss became {loss.item()} at step {step}; lower --lr, or the content, style or TV weight"
-            )
-        loss.backward()
+        value = float(loss)
+        if not math.isfinite(value):
+            raise NstError(f"the loss became {value} at step {step}; lower --lr, or the content, style or TV weight")
+        x.grad = grad
         if callback is not None:
-            callback(Iterate(step, options.steps, loss.item(), {k: v.item() for k, v in terms.items()},
-                             time.perf_counter() - start, image.detach()))  # fmt: skip
-        return loss
+            callback(Iterate(step, options.steps, value, {k: float(v) for k, v in terms.items()},
+                             time.perf_counter() - start, x.detach()))  # fmt: skip
+        return loss if isinstance(loss, torch.Tensor) else torch.tensor(loss)
 
     if options.steps > 0:
         if options.optimizer == "lbfgs":
@@ -138,7 +153,7 @@ def optimize(
             for _ in range(options.steps):
                 optimizer.step(closure)
     with torch.no_grad():
-        return image.detach().clamp_(0, 1)
+        return x.detach().clamp_(0, 1)
 
 
 def evaluate_loss(model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor) -> dict[str, float]:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 
@@ -29,6 +30,16 @@ def starry_night() -> Path:
 @pytest.fixture
 def the_scream() -> Path:
     return shared_image("the_scream.jpg")
+
+
+@pytest.fixture
+def images(tmp_path):
+    """A small random content and style image (64×48 PNG) in the test's temporary directory."""
+    gen = torch.Generator().manual_seed(0)
+    for name in ("content", "style"):
+        array = (torch.rand(48, 64, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        Image.fromarray(array).save(tmp_path / f"{name}.png")
+    return tmp_path / "content.png", tmp_path / "style.png"
 
 
 @pytest.fixture(autouse=True)

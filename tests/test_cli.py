@@ -11,15 +11,6 @@ from nst_fast.cli import main
 TINY = ["--size", "40", "--steps", "2", "-q"]
 
 
-@pytest.fixture
-def images(tmp_path):
-    gen = torch.Generator().manual_seed(0)
-    for name in ("content", "style"):
-        array = (torch.rand(48, 64, 3, generator=gen) * 255).to(torch.uint8).numpy()
-        Image.fromarray(array).save(tmp_path / f"{name}.png")
-    return tmp_path / "content.png", tmp_path / "style.png"
-
-
 def run(argv, capsys):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()

@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from PIL import Image
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -301,15 +300,6 @@ def test_bench_registers_the_backend():
 
 
 # --- nst-fast export -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def images(tmp_path):
-    gen = torch.Generator().manual_seed(0)
-    for name in ("content", "style"):
-        array = (torch.rand(48, 64, 3, generator=gen) * 255).to(torch.uint8).numpy()
-        Image.fromarray(array).save(tmp_path / f"{name}.png")
-    return tmp_path / "content.png", tmp_path / "style.png"
 
 
 def run(argv, capsys):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import sys
 import threading
@@ -31,11 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..callbacks import Callback, Iterate
-from ..errors import NstError, OptionsError
+from ..callbacks import Callback
+from ..errors import OptionsError
 from ..losses import StyleTransferLoss
 from ..options import Options
 from ..vgg import VGG19
+from ..reference import optimizer_loop
 from .export import build_step_graph, step_feeds
 
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -252,35 +252,4 @@ def optimize(
     else:
         x = image.detach().to(step_fn.device, torch.float32).contiguous()
     x.requires_grad_(True)
-    if options.optimizer == "lbfgs":
-        optimizer = torch.optim.LBFGS(
-            [x], lr=options.learning_rate, max_iter=options.steps, max_eval=options.steps,
-            tolerance_grad=-1, tolerance_change=-1, history_size=100,
-        )  # fmt: skip
-    else:
-        optimizer = torch.optim.Adam([x], lr=options.learning_rate)
-    start = time.perf_counter()
-    step = 0
-
-    def closure() -> torch.Tensor:
-        nonlocal step
-        with torch.no_grad():
-            x.clamp_(0, 1)
-        optimizer.zero_grad(set_to_none=True)
-        loss, terms, grad = step_fn(x.detach())
-        step += 1
-        if not math.isfinite(loss):
-            raise NstError(f"the loss became {loss} at step {step}; lower --lr, or the content, style or TV weight")
-        x.grad = grad
-        if callback is not None:
-            callback(Iterate(step, options.steps, loss, terms, time.perf_counter() - start, x.detach()))
-        return torch.tensor(loss)
-
-    if options.steps > 0:
-        if options.optimizer == "lbfgs":
-            optimizer.step(closure)
-        else:
-            for _ in range(options.steps):
-                optimizer.step(closure)
-    with torch.no_grad():
-        return x.detach().clamp_(0, 1).to(image.device)
+    return optimizer_loop(x, options, lambda x: step_fn(x.detach()), callback).to(image.device)
