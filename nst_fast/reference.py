@@ -137,12 +137,12 @@ def optimizer_loop(x: torch.Tensor, options: Options, evaluate: Evaluate, callba
         optimizer.zero_grad(set_to_none=True)
         loss, terms, grad = evaluate(x)
         step += 1
-        value = float(loss)
+        value = _number(loss)
         if not math.isfinite(value):
             raise NstError(f"the loss became {value} at step {step}; lower --lr, or the content, style or TV weight")
         x.grad = grad
         if callback is not None:
-            callback(Iterate(step, options.steps, value, {k: float(v) for k, v in terms.items()},
+            callback(Iterate(step, options.steps, value, {k: _number(v) for k, v in terms.items()},
                              time.perf_counter() - start, x.detach()))  # fmt: skip
         return loss if isinstance(loss, torch.Tensor) else torch.tensor(loss)
 
@@ -154,6 +154,10 @@ def optimizer_loop(x: torch.Tensor, options: Options, evaluate: Evaluate, callba
                 optimizer.step(closure)
     with torch.no_grad():
         return x.detach().clamp_(0, 1)
+
+
+def _number(value: torch.Tensor | float) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def evaluate_loss(model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor) -> dict[str, float]:
