@@ -16,6 +16,8 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 namespace nst_fast {
 namespace {
 
@@ -40,10 +42,62 @@ at::Tensor flat(const at::Tensor& feats) {
   return feats.reshape({feats.size(0), feats.size(1), -1}).to(accumulation_type(feats.scalar_type()));
 }
 
+// G = F F^T, accumulated over chunks of positions so that a bf16/fp16 chunk's float32 copy stays in
+// cache instead of the whole map being copied out to memory and read back. G is symmetric: with C
+// split into blocks, only the blocks on and above the diagonal are computed (one GEMM each, written in
+// place), and those below are their transposes; for k blocks that is k(k+1)/2 GEMMs of k^2.
+constexpr int64_t kMinBlock = 128;      // narrower GEMMs run below the BLAS's full speed
+constexpr int64_t kChunkBytes = 1 << 21;  // float32 bytes of one converted chunk (fits L2)
+
+void add_gram_blocks(at::Tensor& g, const at::Tensor& f, bool accumulate) {
+  // g: C x C (float32/float64), f: C x K; g (+)= f f^T, upper blocks computed, lower ones mirrored.
+  const int64_t c = f.size(0);
+  const int64_t blocks = c < 2 * kMinBlock ? 1 : std::min<int64_t>(4, c / kMinBlock);
+  const int64_t step = (c + blocks - 1) / blocks;
+  for (int64_t i = 0; i < c; i += step) {
+    const auto rows = f.narrow(0, i, std::min(step, c - i));
+    for (int64_t j = i; j < c; j += step) {
+      const auto cols = f.narrow(0, j, std::min(step, c - j));
+      auto out = g.narrow(0, i, rows.size(0)).narrow(1, j, cols.size(0));
+      if (accumulate) {
+        out.addmm_(rows, cols.t());
+      } else {
+        at::mm_out(out, rows, cols.t());
+      }
+    }
+  }
+}
+
+void mirror_lower_blocks(at::Tensor& g) {
+  const int64_t c = g.size(0);
+  const int64_t blocks = c < 2 * kMinBlock ? 1 : std::min<int64_t>(4, c / kMinBlock);
+  const int64_t step = (c + blocks - 1) / blocks;
+  for (int64_t i = 0; i < c; i += step) {
+    for (int64_t j = i + step; j < c; j += step) {
+      const int64_t r = std::min(step, c - i), k = std::min(step, c - j);
+      g.narrow(0, j, k).narrow(1, i, r).copy_(g.narrow(0, i, r).narrow(1, j, k).t());
+    }
+  }
+}
+
 at::Tensor gram_cpu(const at::Tensor& feats, double scale) {
   check_feats(feats, "nst_fast::gram");
-  const auto f = flat(feats);
-  return at::bmm(f, f.transpose(1, 2)).mul_(scale);
+  const auto acc = accumulation_type(feats.scalar_type());
+  const auto f = feats.reshape({feats.size(0), feats.size(1), -1});  // a view for both layouts
+  const int64_t c = f.size(1), hw = f.size(2);
+  auto g = at::empty({f.size(0), c, c}, f.options().dtype(acc));
+  const bool convert = f.scalar_type() != acc;
+  const int64_t chunk = convert ? std::max<int64_t>(256, kChunkBytes / (4 * c)) : hw;
+  for (int64_t b = 0; b < f.size(0); ++b) {
+    auto gb = g[b];
+    if (hw == 0) gb.zero_();
+    for (int64_t k = 0; k < hw; k += chunk) {
+      const auto part = f[b].narrow(1, k, std::min(chunk, hw - k));
+      add_gram_blocks(gb, convert ? part.to(acc) : part, /*accumulate=*/k > 0);
+    }
+    mirror_lower_blocks(gb);
+  }
+  return g.mul_(scale);
 }
 
 std::tuple<at::Tensor, at::Tensor> style_loss_cpu(const at::Tensor& feats, const at::Tensor& target,

@@ -68,6 +68,24 @@ def test_ext_gram_matches_reference_and_float64(shape, dtype, channels_last, dev
 
 
 @needs_ext
+@pytest.mark.parametrize("shape", [(2, 512, 5, 7), (1, 300, 4, 4), (2, 64, 100, 101), (1, 256, 33, 31)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_gram_blocks_and_chunks(shape, dtype, channels_last):
+    """C ≥ 256 takes the triangular-block path (C = 300: uneven blocks); a bf16/fp16 map larger than
+    one conversion chunk (100×101 positions) is accumulated chunk by chunk."""
+    x = feats(shape, dtype, channels_last)
+    scale = 1.0 / (shape[2] * shape[3])
+    f = x.double().reshape(shape[0], shape[1], -1)
+    expected = scale * f @ f.transpose(1, 2)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert_close(ops.gram(x, scale, impl="ext"), expected, rtol)
+    a = target_for(x, symmetric=False).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    loss = ops.style_loss(x, a, scale, impl="ext")
+    assert_close(loss, ((expected - a.double()) ** 2).sum(), 1e-4 if dtype != torch.float64 else 1e-10)
+
+
+@needs_ext
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
