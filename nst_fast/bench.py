@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .image import load_image, resize_longest
+from .memory import process_status_kb
 from .options import Options
 
 
@@ -121,18 +122,8 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
         elif self._base is not None:
-            peak = _status_kb("VmHWM")
+            peak = process_status_kb("VmHWM")
             self.peak_mb = None if peak is None else (peak - self._base) / 1024
-
-
-def _status_kb(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def _reset_peak_rss() -> int | None:
@@ -141,7 +132,7 @@ def _reset_peak_rss() -> int | None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return None
-    return _status_kb("VmRSS")
+    return process_status_kb("VmRSS")
 
 
 # --- backends ---------------------------------------------------------------------------------------

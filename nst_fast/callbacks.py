@@ -116,9 +116,9 @@ class JsonTrace:
 def _peak_memory_mb(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    from .bench import _status_kb
+    from .memory import process_status_kb
 
-    peak = _status_kb("VmHWM")
+    peak = process_status_kb("VmHWM")
     return None if peak is None else peak / 1024
 
 

@@ -185,12 +185,14 @@ def _stylize(args: argparse.Namespace) -> int:
 
 def _stylize_one(stylizer, content, output: Path, args: argparse.Namespace, say) -> None:
     from .callbacks import Callbacks, JsonTrace, ProgressBar, SaveEvery
-    from .image import save_image
+    from .image import load_image, save_image
     from .memory import available_bytes
 
     start = time.perf_counter()
+    name = content if isinstance(content, (str, Path)) else "sample"
+    content = load_image(content, stylizer.options.max_pixels)  # decoded once, for the estimate and the run
     estimate = stylizer.memory_estimate(content)
-    say(f"{content if isinstance(content, (str, Path)) else 'sample'}: estimated peak memory {estimate}")
+    say(f"{name}: estimated peak memory {estimate}")
     free = available_bytes(stylizer.device)
     if free is not None and estimate.total > free:
         from .errors import NstError

@@ -15,6 +15,7 @@ semantics as :func:`nst_fast.reference.optimize`. What differs is how an iterati
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 
@@ -211,7 +212,7 @@ def optimize(
             loss, terms, grad = evaluate()
             if step % check_every == 0 or step == options.steps:
                 value = loss.item()
-                if not torch.isfinite(torch.tensor(value)):
+                if not math.isfinite(value):
                     raise NstError(f"the loss became {value} by step {step}; lower --lr, or the weights")
             if callback is not None:
                 callback(Iterate(step, options.steps, loss, terms, time.perf_counter() - start, x.detach()))

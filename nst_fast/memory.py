@@ -102,6 +102,17 @@ def estimate(
     return MemoryEstimate(weights, kept, recomputed, backward, image * (state + 2))
 
 
+def process_status_kb(key: str) -> int | None:
+    """A field of /proc/self/status in kB (VmRSS, VmHWM: the peak resident set), or None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def available_bytes(device: torch.device) -> int | None:
     """Free memory on ``device``: the GPU's free memory, or the system's available memory on a CPU."""
     if device.type == "cuda":
