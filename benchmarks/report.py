@@ -70,9 +70,9 @@ def pytest_benchmark_tables(path: Path, data: dict) -> list[str]:
             e = b["extra_info"]
             lines += [f"Time-to-quality at {e['size']} px: time until the float32 reference loss of the output reaches "
                       f"{e['results'][0]['target_loss']:.4g}, the reference's after {e['steps']} L-BFGS iterations; and "
-                      f"each loop's own loss after {e['steps']} iterations:", "",
+                      f"the loss of each loop's output after {e['steps']} iterations:", "",
                       "| backend | precision | seconds to target | iterations to target | reference's seconds / these | "
-                      f"loss after {e['steps']} iterations |", "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+                      f"output's loss after {e['steps']} iterations |", "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
             for r in e["results"]:
                 secs = "not reached" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}"
                 ratio = "–" if r["seconds_to_target"] is None else f"{r['reference_seconds'] / r['seconds_to_target']:.2f}×"

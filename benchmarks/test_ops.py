@@ -13,7 +13,7 @@ from bench_utils import DEVICES, SMOKE, rounds, sizes, synchronize
 from nst_fast import _ext, ops
 
 LAYERS = [("relu1_1", 64, 1), ("relu2_1", 128, 2), ("relu3_1", 256, 4), ("relu4_1", 512, 8), ("relu5_1", 512, 16)]
-SHAPES = [(s, name, c, s // div) for s in sizes("512,1024", "128") for name, c, div in LAYERS]
+SHAPES = [(s, name, c, s // div) for s in sizes("512,1024,2048,4096", "128") for name, c, div in LAYERS]
 IMPLS = ["ref"] + (["ext"] if _ext.AVAILABLE else [])
 
 
@@ -37,9 +37,10 @@ def test_style_loss_op(record_machine, impl, backward, image_size, layer, channe
         synchronize(feats.device)
         return loss
 
-    for _ in range(0 if SMOKE else 2):
+    large = image_size > 1024  # a second or more per call on a CPU: fewer rounds
+    for _ in range(0 if SMOKE else 1 if large else 2):
         run()
-    loss = record_machine.pedantic(run, rounds=rounds(5), iterations=1)
+    loss = record_machine.pedantic(run, rounds=rounds(3 if large else 5), iterations=1)
     assert torch.isfinite(loss)
     record_machine.extra_info.update(impl=impl, layer=layer, shape=list(feats.shape), dtype=str(dtype),
                                      image_size=image_size, backward=backward)  # fmt: skip

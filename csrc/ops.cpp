@@ -44,39 +44,36 @@ at::Tensor flat(const at::Tensor& feats) {
 
 // G = F F^T, accumulated over chunks of positions so that a bf16/fp16 chunk's float32 copy stays in
 // cache instead of the whole map being copied out to memory and read back. G is symmetric: with C
-// split into blocks, only the blocks on and above the diagonal are computed (one GEMM each, written in
-// place), and those below are their transposes; for k blocks that is k(k+1)/2 GEMMs of k^2.
-constexpr int64_t kMinBlock = 128;      // narrower GEMMs run below the BLAS's full speed
+// split into k row blocks, block i needs only the columns from its own diagonal block on, one GEMM
+// (rows_i x C_i..C) each, written in place; the blocks below the diagonal are then mirrored. That is
+// (k+1)/2k of the full product's work in k GEMMs — wide enough to keep the BLAS at full speed, which
+// square blocks of the same size (k(k+1)/2 narrower GEMMs) were not (benchmarks/NOTES.md §2).
 constexpr int64_t kChunkBytes = 1 << 21;  // float32 bytes of one converted chunk (fits L2)
 
+int64_t row_block(int64_t c) {
+  const int64_t blocks = c < 64 ? 1 : (c < 256 ? 2 : 4);
+  return (c + blocks - 1) / blocks;
+}
+
 void add_gram_blocks(at::Tensor& g, const at::Tensor& f, bool accumulate) {
-  // g: C x C (float32/float64), f: C x K; g (+)= f f^T, upper blocks computed, lower ones mirrored.
-  const int64_t c = f.size(0);
-  const int64_t blocks = c < 2 * kMinBlock ? 1 : std::min<int64_t>(4, c / kMinBlock);
-  const int64_t step = (c + blocks - 1) / blocks;
+  // g: C x C (float32/float64), f: C x K; g (+)= f f^T on and above the diagonal blocks.
+  const int64_t c = f.size(0), step = row_block(c);
   for (int64_t i = 0; i < c; i += step) {
-    const auto rows = f.narrow(0, i, std::min(step, c - i));
-    for (int64_t j = i; j < c; j += step) {
-      const auto cols = f.narrow(0, j, std::min(step, c - j));
-      auto out = g.narrow(0, i, rows.size(0)).narrow(1, j, cols.size(0));
-      if (accumulate) {
-        out.addmm_(rows, cols.t());
-      } else {
-        at::mm_out(out, rows, cols.t());
-      }
+    const int64_t r = std::min(step, c - i);
+    auto out = g.narrow(0, i, r).narrow(1, i, c - i);
+    if (accumulate) {
+      out.addmm_(f.narrow(0, i, r), f.narrow(0, i, c - i).t());
+    } else {
+      at::mm_out(out, f.narrow(0, i, r), f.narrow(0, i, c - i).t());
     }
   }
 }
 
 void mirror_lower_blocks(at::Tensor& g) {
-  const int64_t c = g.size(0);
-  const int64_t blocks = c < 2 * kMinBlock ? 1 : std::min<int64_t>(4, c / kMinBlock);
-  const int64_t step = (c + blocks - 1) / blocks;
-  for (int64_t i = 0; i < c; i += step) {
-    for (int64_t j = i + step; j < c; j += step) {
-      const int64_t r = std::min(step, c - i), k = std::min(step, c - j);
-      g.narrow(0, j, k).narrow(1, i, r).copy_(g.narrow(0, i, r).narrow(1, j, k).t());
-    }
+  const int64_t c = g.size(0), step = row_block(c);
+  for (int64_t i = 0; i + step < c; i += step) {
+    const int64_t r = std::min(step, c - i);
+    g.narrow(0, i + r, c - i - r).narrow(1, i, r).copy_(g.narrow(0, i, r).narrow(1, i + r, c - i - r).t());
   }
 }
 

@@ -11,17 +11,26 @@ import torch
 class Iterate:
     """One step of an optimization, as passed to a ``callback``.
 
-    ``image`` is the live iterate (1×3×H×W in [0, 1]); clone it to keep it past the callback.
+    ``image`` is the live iterate (1×3×H×W in [0, 1]); clone it to keep it past the callback. (In a
+    tiled scale it is the whole canvas with the current tile blended in, made when first read.)
     ``loss`` and ``losses`` may live on the device until read: reading them on a GPU waits for the
     step to finish, so a callback that reads them only every N steps keeps the GPU busy.
     ``elapsed`` is host time since the loop started (on a GPU, the work may still be queued).
     """
 
-    __slots__ = ("step", "steps", "elapsed", "image", "_loss", "_losses")
+    __slots__ = ("step", "steps", "elapsed", "device", "_image", "_loss", "_losses")
 
-    def __init__(self, step: int, steps: int, loss, losses: dict, elapsed: float, image: torch.Tensor):
-        self.step, self.steps, self.elapsed, self.image = step, steps, elapsed, image
+    def __init__(self, step: int, steps: int, loss, losses: dict, elapsed: float,
+                 image: torch.Tensor | Callable[[], torch.Tensor], device: torch.device | None = None):  # fmt: skip
+        self.step, self.steps, self.elapsed, self._image = step, steps, elapsed, image
+        self.device = image.device if isinstance(image, torch.Tensor) else device
         self._loss, self._losses = loss, losses
+
+    @property
+    def image(self) -> torch.Tensor:
+        if callable(self._image):
+            self._image = self._image()
+        return self._image
 
     @property
     def loss(self) -> float:
@@ -103,7 +112,7 @@ class JsonTrace:
 
     def __call__(self, it: Iterate) -> None:
         self.records.append({"step": it.step, "loss": it.loss, **it.losses, "elapsed": round(it.elapsed, 6),
-                             "peak_memory_mb": _peak_memory_mb(it.image.device)})  # fmt: skip
+                             "peak_memory_mb": _peak_memory_mb(it.device)})  # fmt: skip
 
     def write(self, path) -> None:
         import json
@@ -113,8 +122,8 @@ class JsonTrace:
         atomic_write_text(path, json.dumps({"iterations": self.records}, indent=1) + "\n")
 
 
-def _peak_memory_mb(device: torch.device) -> float | None:
-    if device.type == "cuda":
+def _peak_memory_mb(device: torch.device | None) -> float | None:
+    if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     from .memory import process_status_kb
 

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     out = parser.add_argument_group("output and feedback")
     out.add_argument("--quality", type=int, default=None, metavar="Q", help="JPEG/WebP quality, 1-100 (default: Pillow's)")
+    out.add_argument("--bit-depth", type=int, default=8, choices=(8, 16),
+                     help="bits per channel of the output; 16 needs a TIFF (.tif) output (default: %(default)s)")  # fmt: skip
     out.add_argument("--format", default="png", help="output format in batch mode, where -o is a directory (default: %(default)s)")
     out.add_argument("--save-every", type=int, default=None, metavar="N",
                      help="also save every N-th iterate, as OUTPUT-stem.stepNNNNN.ext")  # fmt: skip
@@ -153,12 +155,12 @@ def _stylize(args: argparse.Namespace) -> int:
     if args.content is None:
         from .samples import sample_content, sample_style
 
-        jobs, styles = [(sample_content(), image_io.check_output_path(args.output))], [sample_style()]
+        jobs, styles = [(sample_content(), image_io.check_output_path(args.output, args.bit_depth))], [sample_style()]
         say("no CONTENT and STYLE given: using the built-in sample photograph and painting")
     elif not args.styles:
         raise OptionsError("a STYLE image is needed after CONTENT (or give neither, for the built-in samples)")
     else:
-        jobs, styles = _jobs(args.content, args.output, args.format), args.styles
+        jobs, styles = _jobs(args.content, args.output, args.format, args.bit_depth), args.styles
     blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
     start = time.perf_counter()
     stylizer = Stylizer(styles, options, style_blend=blend)
@@ -166,7 +168,8 @@ def _stylize(args: argparse.Namespace) -> int:
     say(f"device {stylizer.device}, backend {options.backend} ({stylizer.describe_precision()}), "
         f"weights {stylizer.model.weights_source}, "
         + (f"scales {' → '.join(map(str, scales))} px, " if len(scales) > 1 else "")
-        + f"{sum(options.steps_at(i) for i in range(len(scales)))} {options.optimizer} steps")
+        + f"{sum(options.steps_at(i) for i in range(len(scales)))} {options.optimizer} steps"
+        + (f" (at scales above {options.tile} px: per tile)" if options.tile and options.size > options.tile else ""))
     failures = 0
     for content, output in jobs:
         try:
@@ -199,28 +202,54 @@ def _stylize_one(stylizer, content, output: Path, args: argparse.Namespace, say)
 
         raise NstError(
             f"this run needs about {estimate.total / 2**30:.1f} GiB but {free / 2**30:.1f} GiB is free on "
-            f"{stylizer.device}; try a smaller --size, --precision bf16, or --checkpoint on"
+            f"{stylizer.device}; {_what_fits(stylizer, content, free)}"
         )
-    save_args = {} if args.quality is None else {"quality": args.quality}
-    steps = sum(stylizer.options.steps_at(i) for i in range(len(stylizer.options.scales())))
-    progress = None if args.quiet else ProgressBar(steps)
+    save_args = {"bit_depth": args.bit_depth, **({} if args.quality is None else {"quality": args.quality})}
+    progress = None if args.quiet else ProgressBar(stylizer.total_steps(content))
     trace = JsonTrace() if args.log_json else None
     saver = SaveEvery(output, args.save_every, **save_args) if args.save_every else None
     try:
-        result = stylizer.stylize(content, callback=Callbacks(progress, trace, saver))
+        result = stylizer.stylize_tensor(content, callback=Callbacks(progress, trace, saver))
     finally:
         if progress is not None:
             progress.close()
         if trace is not None:
             trace.write(args.log_json)
     save_image(result, output, **save_args)
-    say(f"wrote {output} ({result.width}×{result.height}) in {time.perf_counter() - start:.1f} s")
+    say(f"wrote {output} ({result.shape[-1]}×{result.shape[-2]}) in {time.perf_counter() - start:.1f} s")
+
+
+def _what_fits(stylizer, content, free: int) -> str:
+    """The single changes of options that would fit in ``free`` bytes, by the estimate: a sentence."""
+    opts = stylizer.options
+
+    def fits(**change) -> bool:
+        return stylizer.memory_estimate(content, **change).total <= free
+
+    found = []
+    if opts.backend == "torch" and opts.checkpoint != "on" and fits(checkpoint="on"):
+        found.append("--checkpoint on")
+    if opts.backend == "torch" and stylizer.precision.autocast_dtype is None and fits(precision="bf16"):
+        found.append("--precision bf16")
+    largest = opts.tile or opts.size
+    tiles = [largest >> k for k in range(1, 8) if largest >> k >= max(64, 2 * opts.min_size)]
+    tile = next((t for t in tiles if fits(tile=t)), None)
+    if tile:
+        found.append(f"--tile {tile}")
+    size = opts.size * 3 // 4
+    while size >= opts.min_size and not fits(size=size):
+        size = size * 3 // 4
+    if size >= opts.min_size:
+        found.append(f"--size {size}")
+    if not found:
+        return "no single change of --checkpoint, --precision, --tile or --size would fit; free some memory"
+    return "by the estimate, any of these would fit: " + ", ".join(found)
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 
 
-def _jobs(content: str, output: str, fmt: str) -> list[tuple[str, Path]]:
+def _jobs(content: str, output: str, fmt: str, bit_depth: int = 8) -> list[tuple[str, Path]]:
     """(content image, output path) pairs: one, or — for a directory or glob of images — one per image,
     written into the output directory as <name>.<format>."""
     import glob
@@ -234,13 +263,13 @@ def _jobs(content: str, output: str, fmt: str) -> list[tuple[str, Path]]:
     elif any(c in content for c in "*?[") and not path.exists():
         sources = sorted(Path(p) for p in glob.glob(content) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
     else:
-        return [(content, check_output_path(output))]
+        return [(content, check_output_path(output, bit_depth))]
     if not sources:
         raise OptionsError(f"no images found in {content}")
     out_dir = Path(output)
     if not out_dir.is_dir():
         raise OptionsError(f"for a directory or glob of content images, -o must name an existing directory: {output}")
-    jobs = [(str(s), check_output_path(out_dir / f"{s.stem}.{fmt}")) for s in sources]
+    jobs = [(str(s), check_output_path(out_dir / f"{s.stem}.{fmt}", bit_depth)) for s in sources]
     names = [o.name for _, o in jobs]
     if len(set(names)) != len(names):
         raise OptionsError("two content images share a name: their outputs would overwrite each other")

@@ -206,6 +206,11 @@ def optimize(
             adam.step()
 
     check_every = 1 if device.type == "cpu" else 50
+    # L-BFGS without a line search does not descend monotonically: a step can overshoot and the loss
+    # spike for a few iterations. The run returns the best iterate it evaluated, tracked on the device
+    # (torch.where, no host read), so that a spike at the last step does not become the output.
+    best = x.detach().clone()
+    best_loss = torch.full((), math.inf, device=device)
     start = time.perf_counter()
     with _tf32(precision.name == "tf32" and device.type == "cuda"):
         for step in range(1, options.steps + 1):
@@ -214,9 +219,12 @@ def optimize(
                 value = loss.item()
                 if not math.isfinite(value):
                     raise NstError(f"the loss became {value} by step {step}; lower --lr, or the weights")
+            with torch.no_grad():
+                better = loss < best_loss
+                torch.where(better, x, best, out=best)
+                torch.where(better, loss, best_loss, out=best_loss)
             if callback is not None:
                 callback(Iterate(step, options.steps, loss, terms, time.perf_counter() - start, x.detach()))
-            # Like torch.optim.LBFGS, the update after the last evaluation is applied too.
-            update(grad)
-    with torch.no_grad():
-        return x.detach().clamp_(0, 1).contiguous()
+            if step < options.steps:  # as torch.optim.LBFGS: no update after the last evaluation
+                update(grad)
+    return best.clamp_(0, 1).contiguous()

@@ -28,7 +28,10 @@ def load_image(source, max_pixels: int | None = None) -> torch.Tensor:
     if isinstance(source, Image.Image):
         return pil_to_tensor(source)
     if isinstance(source, (str, os.PathLike)):
-        return pil_to_tensor(read_image(source, max_pixels))
+        image = read_image(source, max_pixels)  # every check, for every format
+        if _tiff_16bit_rgb(source):
+            return _read_tiff_16bit(source)
+        return pil_to_tensor(image)
     raise ImageError(f"expected an image path, PIL image or tensor, got {type(source).__name__}")
 
 
@@ -60,6 +63,28 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
         raise ImageError(f"cannot read image {path}: {' '.join(str(e).split())}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = pillow_limit
+
+
+def _tiff_16bit_rgb(path) -> bool:
+    """Whether ``path`` is a TIFF of 16-bit RGB (which Pillow decodes to 8 bits) with no rotation to apply."""
+    with Image.open(path) as image:
+        tags = getattr(image, "tag_v2", None) if image.format == "TIFF" else None
+    return tags is not None and tags.get(258) in ((16, 16, 16), (16, 16, 16, 16)) and tags.get(262) == 2 and tags.get(274, 1) == 1
+
+
+def _read_tiff_16bit(path) -> torch.Tensor:
+    import tifffile
+
+    try:
+        array = tifffile.imread(path)
+    except Exception as e:  # noqa: BLE001 — tifffile raises many types for damaged files
+        raise ImageError(f"cannot read image {path}: {' '.join(str(e).split())}") from None
+    if array.ndim != 3 or array.shape[-1] not in (3, 4) or array.dtype != np.uint16:
+        raise ImageError(f"cannot read image {path}: unexpected 16-bit TIFF layout {array.shape} {array.dtype}")
+    array = array.astype(np.float32) / 65535.0
+    if array.shape[-1] == 4:
+        array = array[..., :3] * array[..., 3:] + (1.0 - array[..., 3:])  # over white, as other formats
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -128,10 +153,15 @@ def output_format(path: str | os.PathLike) -> str:
     return formats[ext]
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Check, before any work, that an RGB image can be encoded and written at ``path``."""
+def check_output_path(path: str | os.PathLike, bit_depth: int = 8) -> Path:
+    """Check, before any work, that an RGB image of ``bit_depth`` bits per channel can be encoded and
+    written at ``path``."""
     path = Path(path)
     fmt = output_format(path)
+    if bit_depth not in (8, 16):
+        raise ImageError(f"bit depth must be 8 or 16, got {bit_depth}")
+    if bit_depth == 16 and fmt != "TIFF":
+        raise ImageError(f"16-bit output is written as TIFF: use a .tif or .tiff output path, not {path.suffix or path.name}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ImageError(f"output directory does not exist: {parent}")
@@ -146,19 +176,33 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, **save_args) -> Path:
+def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, bit_depth: int = 8, **save_args) -> Path:
     """Write ``image`` atomically: into a temporary file beside ``path``, then renamed over it.
 
-    A failure leaves any existing file at ``path`` untouched.
+    A failure leaves any existing file at ``path`` untouched. ``bit_depth`` 16 writes a 16-bit-per-channel
+    TIFF (deflate-compressed, with the sRGB profile): the whole precision of a float result.
     """
-    path = check_output_path(path)
-    pil = image if isinstance(image, Image.Image) else tensor_to_pil(image)
+    path = check_output_path(path, bit_depth)
     fmt = output_format(path)
-    if fmt in ("PNG", "JPEG", "WEBP", "TIFF") and "icc_profile" not in save_args:
+    if "icc_profile" not in save_args and fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
         save_args["icc_profile"] = srgb_profile()  # the pixels are sRGB: say so
+    if bit_depth == 16:
+        import tifffile
+
+        pixels = _as_tensor(image)[0].permute(1, 2, 0).mul(65535).round_().to(torch.int32).numpy().astype("uint16")
+        encoded = io.BytesIO()  # tifffile wants a named file or a buffer, not the temporary's descriptor
+        tifffile.imwrite(encoded, pixels, photometric="rgb", compression="zlib", iccprofile=save_args["icc_profile"])
+        return atomic_save(path, lambda f: f.write(encoded.getbuffer()))
+    pil = image if isinstance(image, Image.Image) else tensor_to_pil(image)
     if fmt not in ("JPEG", "WEBP"):
         save_args.pop("quality", None)
     return atomic_save(path, lambda f: pil.save(f, format=fmt, **save_args))
+
+
+def _as_tensor(image: torch.Tensor | Image.Image) -> torch.Tensor:
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    return _check_tensor(image)
 
 
 @functools.lru_cache(maxsize=1)

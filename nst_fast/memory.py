@@ -3,7 +3,8 @@
 The estimate adds what one iteration holds at its peak: the network's weights (and, under autocast,
 their low-precision copies); the activations autograd keeps for the backward pass (with block
 checkpointing: each block's input, the requested activations, and one block recomputed at a time);
-the gradient buffers of the backward pass; the image, its gradient and the optimizer's state.
+the gradient buffers of the backward pass; the image, its gradient, the best iterate and the
+optimizer's state.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class MemoryEstimate:
     kept: int  # tensors autograd keeps from the forward pass for the backward pass
     recomputed: int  # with checkpointing: one block's activations, recomputed during the backward pass
     backward: int  # gradient buffers alive at once during the backward pass
-    optimizer: int  # the image, its gradient and the optimizer's state
+    optimizer: int  # the image, its gradient, the best iterate and the optimizer's state
 
     @property
     def total(self) -> int:
@@ -98,8 +99,8 @@ def estimate(
     # computes in float32 copies).
     backward = 2 * max(numel.values()) * (4 if float32_loss_copies else activation_bytes)
     image = batch * 3 * height * width * 4
-    state = 2 * history + 3 if optimizer == "lbfgs" else 3
-    return MemoryEstimate(weights, kept, recomputed, backward, image * (state + 2))
+    state = 2 * history + 3 if optimizer == "lbfgs" else 3  # L-BFGS: pairs, last x and g, direction
+    return MemoryEstimate(weights, kept, recomputed, backward, image * (state + 3))  # + x, its grad, the best x
 
 
 def process_status_kb(key: str) -> int | None:

@@ -35,6 +35,11 @@ class Options:
         "re-optimized at each doubling (0: one scale)"
     )
     pyramid_steps: int | None = _opt(None, "iterations at each finer pyramid scale (default: steps / 2)")
+    tile: int = _opt(
+        0, "scales whose longest side exceeds this are optimized in overlapping tiles of at most this many px, "
+        "blended without seams, against the whole style's targets: for sizes beyond memory (0: never)"
+    )
+    tile_overlap: int | None = _opt(None, "overlap of neighbouring tiles in px (default: tile / 8, at least 32 where the tile allows)")
     content_layers: tuple[str, ...] = _opt(("relu4_2",), "VGG-19 layers compared with the content image")
     style_layers: tuple[str, ...] = _opt(
         ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), "VGG-19 layers whose Gram matrices are matched"
@@ -118,6 +123,11 @@ class Options:
         return self.steps // 2 if self.pyramid_steps is None else self.pyramid_steps
 
     @property
+    def overlap(self) -> int:
+        """Tile overlap in px."""
+        return max(min(32, self.tile // 4), self.tile // 8) if self.tile_overlap is None else self.tile_overlap
+
+    @property
     def min_size(self) -> int:
         return min_image_side(self.layers)
 
@@ -130,7 +140,7 @@ class Options:
             if value is not None and not isinstance(value, tuple):
                 value = tuple(value)
             object.__setattr__(self, name, value)
-        for name in ("size", "steps", "seed", "pyramid_start", "max_pixels"):
+        for name in ("size", "steps", "seed", "pyramid_start", "max_pixels", "tile"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise OptionsError(f"{name} must be an integer, got {value!r}")
@@ -152,6 +162,15 @@ class Options:
             raise OptionsError(f"max_pixels must be positive, got {self.max_pixels}")
         if self.pyramid_start < 0:
             raise OptionsError(f"pyramid_start must be zero or more, got {self.pyramid_start}")
+        if self.tile_overlap is not None and (isinstance(self.tile_overlap, bool) or not isinstance(self.tile_overlap, int)
+                                              or self.tile_overlap < 0):  # fmt: skip
+            raise OptionsError(f"tile_overlap must be an integer of zero or more, got {self.tile_overlap!r}")
+        if self.tile < 0:
+            raise OptionsError(f"tile must be zero (no tiling) or a size in px, got {self.tile}")
+        if self.tile and self.tile < self.min_size:
+            raise OptionsError(f"tile must be at least {self.min_size} px for the chosen layers, got {self.tile}")
+        if self.tile and 2 * self.overlap >= self.tile:
+            raise OptionsError(f"tile_overlap must be less than half the tile ({self.tile} px), got {self.overlap}")
         if self.pyramid_steps is not None and (isinstance(self.pyramid_steps, bool) or not isinstance(self.pyramid_steps, int)
                                                or self.pyramid_steps < 0):  # fmt: skip
             raise OptionsError(f"pyramid_steps must be an integer of zero or more, got {self.pyramid_steps!r}")

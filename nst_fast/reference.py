@@ -61,29 +61,48 @@ def initial_image(content: torch.Tensor, options: Options) -> torch.Tensor:
     return (1 - r) * content + r * noise
 
 
+def content_energies(model: VGG19, pieces: list[torch.Tensor], layers) -> dict[str, float]:
+    """{layer: content energy} of an image given as ``pieces`` (its tiles): their mean, weighted by
+    pixels — what the whole image's energy would be, without running the network on all of it."""
+    sums, pixels = dict.fromkeys(layers, 0.0), 0
+    with torch.no_grad():
+        for piece in pieces:
+            acts, n = model(piece), piece.shape[-2] * piece.shape[-1]
+            for name in layers:
+                sums[name] += content_energy(acts[name]).item() * n
+            pixels += n
+    return {name: total / pixels for name, total in sums.items()}
+
+
 def build_loss(
-    model: VGG19, content: torch.Tensor, targets: Mapping[str, torch.Tensor], options: Options
+    model: VGG19,
+    content: torch.Tensor,
+    targets: Mapping[str, torch.Tensor],
+    options: Options,
+    whole_content_energy: Mapping[str, float] | None = None,
 ) -> StyleTransferLoss:
     """The loss against ``content``'s activations and the style ``targets``.
 
     With ``normalize_losses``, each term's weight is divided by the term's value at an all-zero
     activation (its target's scale), which makes α, β and λ independent of the weights' scale.
+    ``whole_content_energy`` gives the content terms' scales instead (a tile uses its whole image's).
     """
     c_targets = content_targets(model, content, options.content_layers)
-    content_scale = {name: 1.0 for name in c_targets}
     layer_weights = options.layer_weights
+    scales = {name: 1.0 for name in c_targets}
     if options.normalize_losses:
-        content_scale = {name: 1.0 / _energy(content_energy(a), "content", name) for name, a in c_targets.items()}
+        scales = {name: 1.0 / _energy(content_energy(a) if whole_content_energy is None else whole_content_energy[name],
+                                      "content", name) for name, a in c_targets.items()}  # fmt: skip
         layer_weights = {name: w / _energy(style_energy(targets[name]), "style", name)
                          for name, w in layer_weights.items()}  # fmt: skip
     return StyleTransferLoss(
         c_targets, targets, layer_weights, options.content_weight, options.style_weight, options.tv_weight,
-        content_layer_weights=content_scale, impl=options.impl,
+        content_layer_weights=scales, impl=options.impl,
     )  # fmt: skip
 
 
-def _energy(value: torch.Tensor, what: str, layer: str) -> float:
-    energy = value.item()
+def _energy(value: torch.Tensor | float, what: str, layer: str) -> float:
+    energy = float(value)
     if not math.isfinite(energy) or energy <= 0:
         raise NstError(
             f"the {what} image gives {layer} no usable activations (scale {energy:g}); with --no-normalize-losses "

@@ -17,6 +17,7 @@ from .color import preserve_colors
 from .errors import ImageError, OptionsError
 from .image import load_image, resize_longest, tensor_to_pil
 from .options import Options
+from .tiling import Tile, blend_weights, composited, paste, tile_grid
 from .vgg import VGG19
 from .weights import load_weights
 
@@ -132,39 +133,83 @@ class Stylizer:
         p = self.precision
         return p.name + (f"; {p.note}" if p.note else "")
 
-    def memory_estimate(self, content):
-        """The estimated peak memory of stylizing ``content`` (see :mod:`nst_fast.memory`)."""
-        from .engine import memory_estimate, use_checkpointing
+    def plan(self, content) -> list[tuple[int, list[Tile]]]:
+        """The run's scales, coarsest first, each with its tiles (one covering the image when it is
+        not tiled), for ``content`` (a path, PIL image or tensor)."""
+        original = content if isinstance(content, torch.Tensor) else load_image(content, self.options.max_pixels)
+        steps = []
+        for size in self.options.scales():
+            h, w = resize_longest(original, size).shape[-2:]
+            steps.append((size, self._tiles(h, w)))
+        return steps
 
-        image = resize_longest(load_image(content, self.options.max_pixels), self.options.size)
-        checkpoint = self.options.backend == "torch" and use_checkpointing(self.options, self.model, image, self.precision)
-        return memory_estimate(self.options, self.model, image, self.precision, checkpoint)
+    def _tiles(self, height: int, width: int) -> list[Tile]:
+        tile = self.options.tile
+        if not tile or max(height, width) <= tile:
+            return [Tile(0, 0, height, width)]
+        return tile_grid(height, width, tile, self.options.overlap)
+
+    def total_steps(self, content) -> int:
+        """Optimizer iterations a run on ``content`` takes, over every scale and tile."""
+        return sum(self.options.steps_at(i) * len(tiles) for i, (_, tiles) in enumerate(self.plan(content)))
+
+    def memory_estimate(self, content, **overrides):
+        """The estimated peak memory of stylizing ``content`` (see :mod:`nst_fast.memory`): that of the
+        largest piece optimized at once, the whole image or one tile. ``overrides`` are Options fields
+        to estimate with instead (``tile=1024``, ``checkpoint="on"``, ...)."""
+        from .engine import memory_estimate, resolve_precision, use_checkpointing
+
+        opts = self.options.replace(**overrides)
+        image = content if isinstance(content, torch.Tensor) else load_image(content, opts.max_pixels)
+        h, w = resize_longest(image, opts.size).shape[-2:]
+        if opts.tile and max(h, w) > opts.tile:
+            h, w = min(h, opts.tile), min(w, opts.tile)
+        piece = torch.empty(1, 3, h, w, device=self.device)  # only its shape and device are read
+        precision = resolve_precision(opts.precision if opts.backend == "torch" else "fp32", self.device)
+        checkpoint = opts.backend == "torch" and use_checkpointing(opts, self.model, piece, precision)
+        return memory_estimate(opts, self.model, piece, precision, checkpoint)
 
     def stylize_tensor(self, content, callback: Callback | None = None) -> torch.Tensor:
         """Like :meth:`stylize`, returning a 1×3×H×W float tensor in [0, 1] on the CPU.
 
         Above ``pyramid_start`` the image is optimized coarse to fine: at each scale of
-        :meth:`Options.scales`, starting from the previous scale's result, upscaled.
+        :meth:`Options.scales`, starting from the previous scale's result, upscaled. A scale larger
+        than ``tile`` is optimized tile by tile (:mod:`nst_fast.tiling`).
         """
         opts = self.options
         original = load_image(content, opts.max_pixels)
-        scales = opts.scales()
-        total = sum(opts.steps_at(i) for i in range(len(scales)))
+        total = self.total_steps(original)
         optimize = loop(opts.backend)
         image = None
         done, start = 0, time.perf_counter()
         with _deterministic(opts.deterministic):
-            for i, size in enumerate(scales):
+            for i, size in enumerate(opts.scales()):
                 content_i = self._prepare(original, size, "content")
-                loss_fn = reference.build_loss(self.model, content_i, self.style_targets_by_size[size], opts)
                 if image is None:
                     image = reference.initial_image(content_i, opts)
                 else:
                     image = F.interpolate(image, size=content_i.shape[-2:], mode="bicubic", align_corners=False)
                     image = image.clamp_(0, 1)
-                image = optimize(self.model, loss_fn, image, opts.replace(steps=opts.steps_at(i)),
-                                 _offset(callback, done, total, time.perf_counter() - start))  # fmt: skip
-                done += opts.steps_at(i)
+                steps = opts.steps_at(i)
+                tiles = self._tiles(*content_i.shape[-2:])
+                targets = self.style_targets_by_size[size]
+                if len(tiles) == 1:
+                    loss_fn = reference.build_loss(self.model, content_i, targets, opts)
+                    image = optimize(self.model, loss_fn, image, opts.replace(steps=steps),
+                                     _offset(callback, done, total, time.perf_counter() - start))  # fmt: skip
+                    done += steps
+                    continue
+                # Content normalized by the whole image's energy, so that every tile weighs content alike.
+                energies = reference.content_energies(self.model, [content_i[(..., *t.box)] for t in tiles],
+                                                      opts.content_layers)  # fmt: skip
+                for tile in tiles:
+                    weights = blend_weights(tile, image.device)
+                    loss_fn = reference.build_loss(self.model, content_i[(..., *tile.box)], targets, opts, energies)
+                    report = _offset(callback, done, total, time.perf_counter() - start, image, tile, weights)
+                    pixels = optimize(self.model, loss_fn, image[(..., *tile.box)].clone(), opts.replace(steps=steps),
+                                      report)  # fmt: skip
+                    paste(image, tile, pixels, weights)
+                    done += steps
         if opts.preserve_colors:
             image = preserve_colors(image, content_i)
         return image.cpu()
@@ -174,11 +219,18 @@ class Stylizer:
         return tensor_to_pil(self.stylize_tensor(content, callback))
 
 
-def _offset(callback: Callback | None, done: int, total: int, elapsed: float) -> Callback | None:
-    """A callback for one pyramid scale that reports steps and time as parts of the whole run."""
+def _offset(callback: Callback | None, done: int, total: int, elapsed: float, canvas: torch.Tensor | None = None,
+            tile: Tile | None = None, weights: torch.Tensor | None = None) -> Callback | None:  # fmt: skip
+    """A callback for one scale (or one tile of it) that reports steps and time as parts of the whole
+    run, and — for a tile — the whole canvas with the tile blended in as the image."""
     if callback is None:
         return None
-    return lambda it: callback(Iterate(done + it.step, total, it._loss, it._losses, elapsed + it.elapsed, it.image))
+
+    def report(it: Iterate) -> None:
+        image = it._image if tile is None else (lambda: composited(canvas, tile, it.image, weights))
+        callback(Iterate(done + it.step, total, it._loss, it._losses, elapsed + it.elapsed, image, it.device))
+
+    return report
 
 
 @contextlib.contextmanager

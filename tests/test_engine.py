@@ -90,6 +90,18 @@ def test_engine_adam_and_noise_init(tubingen, the_scream):
     assert seen[-1].loss < seen[0].loss / 2
 
 
+def test_engine_returns_its_best_iterate():
+    # lr 3 overshoots: the loss is not monotonic, so the last iterate is not the best one.
+    content, style = torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(1)), torch.rand(3, 40, 40)
+    stylizer = Stylizer(style, size=40, steps=12, backend="torch", precision="fp32", lr=3.0)
+    seen = []
+    out = stylizer.stylize_tensor(content, callback=lambda it: seen.append((it.loss, it.image.clone())))
+    losses = [loss for loss, _ in seen]
+    best = min(range(len(seen)), key=losses.__getitem__)
+    assert best != len(seen) - 1, f"no spike to test against: {losses}"
+    assert torch.equal(out, seen[best][1].clamp(0, 1).contiguous())
+
+
 def test_engine_stops_on_a_non_finite_loss():
     with pytest.raises(NstError, match="the loss became inf"):
         Stylizer(torch.rand(3, 32, 32), size=32, steps=3, backend="torch", tv_weight=1e300).stylize(torch.rand(3, 32, 32))

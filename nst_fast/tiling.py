@@ -1,0 +1,83 @@
+"""Tiles: optimizing an image too large for memory one overlapping piece at a time.
+
+A scale whose longest side exceeds ``Options.tile`` is cut into a grid of overlapping tiles of at most
+``tile`` px a side. Each tile is optimized in turn, in raster order, against the *global* style targets
+(the whole style image's Gram matrices, which are per-position averages and so mean the same for a tile
+as for the whole image) and its own piece of the content, starting from the current canvas — so that its
+overlap with the tiles above and to the left starts from their results. It is written back with weights
+that rise smoothly from 0 to 1 across those overlaps, which makes the canvas continuous at every tile
+edge: no seams. The coarser pyramid scales, optimized whole, give the tiles a common starting image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its box in the image and the widths of its overlaps with earlier tiles (above, left)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    blend_top: int = 0
+    blend_left: int = 0
+
+    @property
+    def box(self) -> tuple[slice, slice]:
+        return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spaced starts of tiles of ``tile`` px covering ``length`` px, overlapping by ≥ ``overlap``."""
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """The tiles of a ``height``×``width`` image in raster order (one tile when it fits in ``tile``)."""
+    if tile < 1 or not 0 <= 2 * overlap < tile:
+        raise ValueError(f"need tile > 2 × overlap ≥ 0, got tile {tile} and overlap {overlap}")
+    th, tw = min(tile, height), min(tile, width)
+    ys, xs = _starts(height, tile, overlap), _starts(width, tile, overlap)
+    return [
+        Tile(y, x, th, tw, ys[i - 1] + th - y if i else 0, xs[j - 1] + tw - x if j else 0)
+        for i, y in enumerate(ys)
+        for j, x in enumerate(xs)
+    ]
+
+
+def _ramp(length: int, rise: int, device: torch.device) -> torch.Tensor:
+    """1 everywhere except the first ``rise`` entries, which rise smoothly (smoothstep) from near 0."""
+    ramp = torch.ones(length, device=device)
+    if rise:
+        t = (torch.arange(rise, device=device, dtype=torch.float32) + 0.5) / rise
+        ramp[:rise] = t * t * (3 - 2 * t)
+    return ramp
+
+
+def blend_weights(tile: Tile, device: torch.device | str = "cpu") -> torch.Tensor:
+    """1×1×h×w weights of a tile's pixels against the canvas when it is written back."""
+    rows = _ramp(tile.height, tile.blend_top, torch.device(device))
+    cols = _ramp(tile.width, tile.blend_left, torch.device(device))
+    return (rows[:, None] * cols[None, :])[None, None]
+
+
+def paste(canvas: torch.Tensor, tile: Tile, pixels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Blend ``pixels`` into ``canvas`` (in place) at ``tile``'s box; returns ``canvas``."""
+    region = canvas[(..., *tile.box)]
+    region.mul_(1 - weights).add_(pixels.to(region.dtype) * weights)
+    return canvas
+
+
+def composited(canvas: torch.Tensor, tile: Tile, pixels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A copy of ``canvas`` with ``pixels`` blended in at ``tile`` (what the canvas will be if the tile
+    stopped here): the image a callback sees during a tiled scale."""
+    return paste(canvas.clone(), tile, pixels.detach().clamp(0, 1), weights)
