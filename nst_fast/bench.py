@@ -366,6 +366,29 @@ def measure_step(
                        memory.peak_mb, memory.kind, float(loss))  # fmt: skip
 
 
+def measure_loop(precision: str = "bf16", graph: str = "eager", size: int = 512, device: str = "auto",
+                 steps: int = 50, rounds: int = 3, images: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:  # fmt: skip
+    """Median milliseconds per iteration of the torch backend's whole loop — evaluation, gradient,
+    optimizer update, best-iterate tracking, and in ``graph`` mode its capture or compilation — over
+    runs of ``steps`` iterations, after one untimed run. Each run ends by copying the image to the
+    host, which waits for the device."""
+    from .stylizer import Stylizer
+
+    content, style = images or default_images()
+    options = Options(size=size, steps=steps, device=device, backend="torch", precision=precision, graph=graph)
+    stylizer = Stylizer(style, options)
+    content = resize_longest(content, size)
+    stylizer.stylize_tensor(content)
+    times = []
+    for _ in range(rounds):
+        synchronize(stylizer.device)
+        start = time.perf_counter()
+        stylizer.stylize_tensor(content)
+        times.append((time.perf_counter() - start) * 1000 / steps)
+    return {"precision": precision, "graph": graph, "size": size, "steps": steps, "device": str(stylizer.device),
+            "ms_per_iteration_median": statistics.median(times), "ms_all": times}  # fmt: skip
+
+
 def measure_step_isolated(backend: str, precision: str, size: int, device: str, rounds: int, warmup: int) -> Measurement:
     """:func:`measure_step` in a fresh Python process (for a CPU's peak-memory figure)."""
     args = [sys.executable, "-m", "nst_fast.bench", json.dumps(dict(backend=backend, precision=precision, size=size,

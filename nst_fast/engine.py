@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ import torch.utils.checkpoint
 
 from .callbacks import Callback, Iterate
 from .errors import NstError
-from .lbfgs import DeviceLBFGS
+from .lbfgs import CompactLBFGS, DeviceLBFGS
 from .losses import StyleTransferLoss
 from .memory import MemoryEstimate, available_bytes, estimate
 from .options import PRECISIONS, Options
@@ -135,29 +136,55 @@ class _Evaluator:
     FP16_LOSS_SCALE = 2.0**12
 
     def __init__(self, model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, precision: Precision,
-                 checkpoint: bool = False):  # fmt: skip
+                 checkpoint: bool = False, compile: bool = False, autocast_cache: bool = True):  # fmt: skip  # noqa: A002
         self.model, self.loss_fn, self.image, self.precision = model, loss_fn, image, precision
         self.scale = self.FP16_LOSS_SCALE if precision.autocast_dtype == torch.float16 else None
         self.checkpoint = checkpoint
+        # A CUDA graph must not capture autocast's weight cache (it is freed when autocast exits).
+        self.autocast_cache = autocast_cache
+        self.network = compiled(model) if compile and not checkpoint else model
+
+    def loss_and_terms(self, x: torch.Tensor):
+        dtype = self.precision.autocast_dtype
+        with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None,
+                            cache_enabled=self.autocast_cache):  # fmt: skip
+            if self.checkpoint:
+                return checkpointed_loss(self.model, self.loss_fn, x)
+            acts = self.network(x)
+        return self.loss_fn(acts, x)
 
     def __call__(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         x = self.image
         with torch.no_grad():
             x.clamp_(0, 1)
-        x.grad = None
-        dtype = self.precision.autocast_dtype
-        with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            if self.checkpoint:
-                loss, terms = checkpointed_loss(self.model, self.loss_fn, x)
-            else:
-                acts = self.model(x)
-        if not self.checkpoint:
-            loss, terms = self.loss_fn(acts, x)
-        (loss * self.scale if self.scale else loss).backward()
-        grad = x.grad
+        loss, terms = self.loss_and_terms(x)
+        (grad,) = torch.autograd.grad(loss * self.scale if self.scale else loss, x)
         if self.scale:
             grad = torch.nan_to_num(grad.float().div_(self.scale), nan=0.0, posinf=0.0, neginf=0.0)
         return loss.detach(), {k: v.detach() for k, v in terms.items()}, grad
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled(model: VGG19):
+    """``torch.compile(model)``, once per model: the network is what compiles, not the loss, whose
+    targets and weights change with every image and tile and would each force a recompilation. A new
+    image size recompiles once, after which sizes are dynamic."""
+    if model not in _COMPILED:
+        _COMPILED[model] = torch.compile(model)
+    return _COMPILED[model]
+
+
+def resolve_graph(requested: str, device: torch.device) -> str:
+    """How steps run: ``eager``, ``compile`` (torch.compile'd loss) or ``cuda`` (captured CUDA graph).
+
+    ``auto`` is eager: on this project's CPU, torch.compile measured no faster (benchmarks/NOTES.md §6),
+    and on a GPU the captured graph is unmeasured so far.
+    """
+    if requested == "cuda" and device.type != "cuda":
+        raise NstError(f"graph 'cuda' captures CUDA graphs and needs a CUDA device, not {device.type}")
+    return "eager" if requested == "auto" else requested
 
 
 def use_checkpointing(options: Options, model: VGG19, image: torch.Tensor, precision: Precision) -> bool:
@@ -188,43 +215,84 @@ def optimize(
     options: Options,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Optimize ``image`` for ``options.steps`` loss evaluations; return it clamped to [0, 1]."""
+    """Optimize ``image`` for ``options.steps`` loss evaluations; return the best iterate, clamped to [0, 1]."""
     device = image.device
     precision = resolve_precision(options.precision, device)
+    graph = resolve_graph(options.graph, device)
     model.to(memory_format=torch.channels_last)
     x = image.detach().clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    evaluate = _Evaluator(model, loss_fn, x, precision, use_checkpointing(options, model, x, precision))
+    evaluate = _Evaluator(model, loss_fn, x, precision, use_checkpointing(options, model, x, precision),
+                          compile=graph == "compile", autocast_cache=graph != "cuda")  # fmt: skip
     if options.optimizer == "lbfgs":
-        optimizer = DeviceLBFGS(x, lr=options.learning_rate, history=lbfgs_history(x.numel()))
-        update = optimizer.step
+        lbfgs = (CompactLBFGS if graph == "cuda" else DeviceLBFGS)(x, options.learning_rate, lbfgs_history(x.numel()))
+        update = lbfgs.step
     else:
-        kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
+        kind = {"fused": True, "capturable": graph == "cuda"} if device.type == "cuda" else {"foreach": True}
         adam = torch.optim.Adam([x], lr=options.learning_rate, **kind)
 
         def update(grad: torch.Tensor) -> None:
             x.grad = grad.to(x.dtype)
             adam.step()
 
-    check_every = 1 if device.type == "cpu" else 50
     # L-BFGS without a line search does not descend monotonically: a step can overshoot and the loss
-    # spike for a few iterations. The run returns the best iterate it evaluated, tracked on the device
-    # (torch.where, no host read), so that a spike at the last step does not become the output.
+    # rise for a few iterations. The run returns the best iterate it evaluated, tracked on the device
+    # (torch.where, no host read), so that a late rise does not become the output.
     best = x.detach().clone()
     best_loss = torch.full((), math.inf, device=device)
+    # What a callback sees: the iterate just evaluated (the update that follows it moves x).
+    shown = torch.empty_like(best) if callback is not None else None
+
+    def step(apply_update: bool):
+        loss, terms, grad = evaluate()
+        with torch.no_grad():
+            better = loss < best_loss
+            torch.where(better, x, best, out=best)
+            torch.where(better, loss, best_loss, out=best_loss)
+            if shown is not None:
+                shown.copy_(x)
+        if apply_update:
+            update(grad)
+        return loss, terms
+
+    check_every = 1 if device.type == "cpu" else 50
     start = time.perf_counter()
+    replay = _captured(step) if graph == "cuda" else None
     with _tf32(precision.name == "tf32" and device.type == "cuda"):
-        for step in range(1, options.steps + 1):
-            loss, terms, grad = evaluate()
-            if step % check_every == 0 or step == options.steps:
+        for n in range(1, options.steps + 1):
+            last = n == options.steps  # as torch.optim.LBFGS: no update after the last evaluation
+            if replay is not None and not last and n > _WARMUP_STEPS:
+                loss, terms = replay()
+            else:
+                loss, terms = step(apply_update=not last)
+            if n % check_every == 0 or last:
                 value = loss.item()
                 if not math.isfinite(value):
-                    raise NstError(f"the loss became {value} by step {step}; lower --lr, or the weights")
-            with torch.no_grad():
-                better = loss < best_loss
-                torch.where(better, x, best, out=best)
-                torch.where(better, loss, best_loss, out=best_loss)
+                    raise NstError(f"the loss became {value} by step {n}; lower --lr, or the weights")
             if callback is not None:
-                callback(Iterate(step, options.steps, loss, terms, time.perf_counter() - start, x.detach()))
-            if step < options.steps:  # as torch.optim.LBFGS: no update after the last evaluation
-                update(grad)
+                callback(Iterate(n, options.steps, loss, terms, time.perf_counter() - start, shown))
     return best.clamp_(0, 1).contiguous()
+
+
+# Steps run eagerly before a CUDA graph is captured: the optimizer's first step differs from the rest,
+# and capture needs kernels already chosen and loaded (cuDNN autotuning, lazy module loading).
+_WARMUP_STEPS = 3
+
+
+def _captured(step):
+    """A function that runs ``step(True)`` — evaluation, best-iterate tracking and the update — by
+    replaying a CUDA graph captured on first use after the warm-up steps; it returns copies of the
+    loss and terms (the graph's outputs are overwritten by the next replay)."""
+    graph: torch.cuda.CUDAGraph | None = None
+    outputs = None
+
+    def replay():
+        nonlocal graph, outputs
+        if graph is None:  # torch.cuda.graph captures on a side stream of its own
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs = step(True)
+        graph.replay()
+        loss, terms = outputs
+        return loss.clone(), {k: v.clone() for k, v in terms.items()}
+
+    return replay

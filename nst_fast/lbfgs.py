@@ -77,3 +77,75 @@ class DeviceLBFGS:
         self.prev_param.copy_(x)
         self.param.add_((d * t).view_as(self.param))
         self.k += 1
+
+
+class CompactLBFGS(DeviceLBFGS):
+    """The same L-BFGS in its compact matrix form (Byrd, Nocedal & Schnabel 1994), for CUDA graphs.
+
+    The two-loop recursion of :class:`DeviceLBFGS` visits the stored pairs newest first, so which
+    slots it reads depends on the step count — a host integer that a captured graph would freeze. Here
+    every step does the same operations on all ``history`` slots: a handful of matrix-vector products
+    with S and Y (history × n) and small history × history solves, whose slot order comes from a step
+    counter on the device. Unused and rejected pairs are stored as zeros and drop out of the formula.
+
+    With H₀ = γI, R = triu(SᵀY) (chronological), D = diag(SᵀY):
+    H·g = γg + S·R⁻ᵀ((D + γYᵀY)·p − γYᵀg) − γY·p, where p = R⁻¹Sᵀg.
+
+    The first :meth:`step` (no pairs yet) runs eagerly; every later one can be captured: it updates
+    all its state in place and reads nothing back.
+    """
+
+    def __init__(self, param: torch.Tensor, lr: float = 1.0, history: int = 100):
+        super().__init__(param, lr, history)
+        opts = {"device": param.device, "dtype": torch.float32}
+        self.sy = torch.zeros(history, history, **opts)  # s_iᵀy_j, slot order
+        self.yy = torch.zeros(history, history, **opts)  # y_iᵀy_j, slot order
+        self.k_device = torch.zeros((), device=param.device, dtype=torch.long)
+        self.slots = torch.arange(history, device=param.device)
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor) -> None:
+        if self.k == 0:
+            super().step(grad)
+            self.k_device.fill_(1)
+            return
+        g = grad.reshape(-1).float()
+        x = self.param.detach().reshape(-1).float()
+        y = g - self.prev_grad
+        s = x - self.prev_param
+        ys = torch.dot(y, s)
+        accept = ys > 1e-10
+        s = torch.where(accept, s, torch.zeros_like(s))
+        y = torch.where(accept, y, torch.zeros_like(y))
+        self.h_diag.copy_(torch.where(accept, ys / torch.dot(y, y).clamp_min(1e-30), self.h_diag))  # in place: captured
+        slot = ((self.k_device - 1) % self.m).reshape(1)
+        self.s.index_copy_(0, slot, s[None])
+        self.y.index_copy_(0, slot, y[None])
+        # Row and column ``slot`` of SᵀY and YᵀY from the new pair.
+        s_dot_y, y_dot_s, y_dot_y = self.s @ y, self.y @ s, self.y @ y
+        self.sy.index_copy_(0, slot, y_dot_s[None])
+        self.sy.index_copy_(1, slot, s_dot_y[:, None])
+        self.yy.index_copy_(0, slot, y_dot_y[None])
+        self.yy.index_copy_(1, slot, y_dot_y[:, None])
+        # Chronological order, oldest first: the slot written next is the oldest.
+        order = (self.k_device + self.slots) % self.m
+        sy = self.sy[order][:, order]
+        yy = self.yy[order][:, order]
+        diag = torch.diagonal(sy)
+        unused = diag == 0
+        r = torch.triu(sy) + torch.diag(unused.float())  # unused pairs: identity rows, decoupled
+        d_mat = torch.diag(torch.where(unused, torch.zeros_like(diag), diag))
+        gamma = self.h_diag
+        a = (self.s @ g)[order]
+        b = (self.y @ g)[order] * gamma
+        p = torch.linalg.solve_triangular(r, a[:, None], upper=True)
+        top = torch.linalg.solve_triangular(r.T, (d_mat + gamma * yy) @ p - b[:, None], upper=False)
+        # Back to slot order for the products with S and Y.
+        top_slots = torch.empty_like(top).index_copy_(0, order, top)
+        p_slots = torch.empty_like(p).index_copy_(0, order, p)
+        hg = gamma * g + (self.s.T @ top_slots).squeeze(1) - gamma * (self.y.T @ p_slots).squeeze(1)
+        self.prev_grad.copy_(g)
+        self.prev_param.copy_(x)
+        self.param.add_((hg * -self.lr).view_as(self.param))
+        self.k += 1
+        self.k_device.add_(1)

@@ -14,6 +14,7 @@ INITS = ("content", "content+noise", "noise")
 BACKENDS = ("torch", "reference", "onnxruntime")  # the loop that runs the optimization (stylizer.loop)
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 OPTIMIZERS = ("lbfgs", "adam")
+GRAPHS = ("auto", "eager", "compile", "cuda")
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
 
 
@@ -80,6 +81,11 @@ class Options:
     checkpoint: str = _opt(
         "auto", "torch backend: recompute each VGG block in the backward pass to save memory: on, off, or auto "
         "(on when the estimate exceeds free memory)", choices=("auto", "on", "off"),
+    )
+    graph: str = _opt(
+        "auto", "torch backend: how each step runs: eager, compile (torch.compile of the loss and gradient), "
+        "cuda (evaluation, gradient and update captured once in a CUDA graph and replayed), auto (eager)",
+        choices=GRAPHS,
     )
     impl: str = _opt("auto", "Gram/style-loss operators: auto, ext (compiled extension), ref (PyTorch)")
 
@@ -149,7 +155,8 @@ class Options:
         for name in ("normalize_losses", "deterministic", "preserve_colors"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionsError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name in ("weights", "device", "impl", "pooling", "init", "optimizer", "backend", "precision", "checkpoint"):
+        for name in ("weights", "device", "impl", "pooling", "init", "optimizer", "backend", "precision", "checkpoint",
+                     "graph"):  # fmt: skip
             if not isinstance(getattr(self, name), str):
                 raise OptionsError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.weights_preprocessing not in (None, "caffe", "torchvision"):
@@ -202,7 +209,8 @@ class Options:
         if self.init not in INITS and not Path(self.init).expanduser().is_file():
             raise OptionsError(f"init must be {', '.join(INITS)} or an image file; {self.init!r} is neither")
         for name, allowed in (("pooling", POOLINGS), ("optimizer", OPTIMIZERS), ("backend", BACKENDS),
-                              ("precision", PRECISIONS), ("checkpoint", ("auto", "on", "off"))):  # fmt: skip
+                              ("precision", PRECISIONS), ("checkpoint", ("auto", "on", "off")),
+                              ("graph", GRAPHS)):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise OptionsError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.impl not in ("auto", "ext", "ref"):

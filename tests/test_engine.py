@@ -61,6 +61,33 @@ def test_device_lbfgs_follows_torch_lbfgs():
     assert ours == pytest.approx(torch_trace, rel=1e-4, abs=1e-4)
 
 
+def test_compact_lbfgs_equals_the_two_loop_recursion():
+    from nst_fast.lbfgs import CompactLBFGS
+
+    torch.manual_seed(1)
+    a = torch.randn(30, 30, dtype=torch.float64)
+    a = (a @ a.T / 30 + 0.5 * torch.eye(30, dtype=torch.float64)).float()
+
+    def f(x):
+        return 0.5 * x @ a @ x + 0.05 * (x**4).sum() - x.sum()
+
+    x0 = torch.randn(30)
+    traces = []
+    for kind in (DeviceLBFGS, CompactLBFGS):
+        x = x0.clone()
+        opt = kind(x, lr=1, history=6)  # 6 < 20: the slots wrap around
+        trace = []
+        for _ in range(20):
+            xx = x.clone().requires_grad_()
+            loss = f(xx)
+            loss.backward()
+            trace.append(loss.item())
+            opt.step(xx.grad)
+        traces.append(trace)
+    assert traces[0][-1] < traces[0][0] - 1
+    assert traces[1] == pytest.approx(traces[0], rel=1e-4, abs=1e-4)
+
+
 def _judged(stylizer, content, image):
     loss_fn = reference.build_loss(stylizer.model, content, stylizer.style_targets, stylizer.options)
     return reference.evaluate_loss(stylizer.model, loss_fn, image)["total"]
@@ -100,6 +127,35 @@ def test_engine_returns_its_best_iterate():
     best = min(range(len(seen)), key=losses.__getitem__)
     assert best != len(seen) - 1, f"no spike to test against: {losses}"
     assert torch.equal(out, seen[best][1].clamp(0, 1).contiguous())
+
+
+def test_compiled_steps_follow_the_eager_ones():
+    content, style = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2)), torch.rand(3, 32, 32)
+    runs = {}
+    for graph in ("eager", "compile"):
+        seen = []
+        Stylizer(style, size=32, steps=6, precision="fp32", graph=graph).stylize_tensor(content, callback=seen.append)
+        runs[graph] = [it.loss for it in seen]
+    assert runs["compile"] == pytest.approx(runs["eager"], rel=1e-3)
+
+
+def test_cuda_graphs_need_a_cuda_device():
+    with pytest.raises(NstError, match="needs a CUDA device"):
+        Stylizer(torch.rand(3, 32, 32), size=32, steps=2, graph="cuda", device="cpu").stylize(torch.rand(3, 32, 32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_cuda_graph_steps_follow_the_eager_ones(optimizer):
+    content, style = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(3)), torch.rand(3, 64, 64)
+    runs = {}
+    for graph in ("eager", "cuda"):
+        seen = []
+        out = Stylizer(style, size=64, steps=12, precision="fp32", optimizer=optimizer, graph=graph,
+                       device="cuda").stylize_tensor(content, callback=lambda it: seen.append(it.loss))  # fmt: skip
+        runs[graph] = (seen, out)
+    assert runs["cuda"][0] == pytest.approx(runs["eager"][0], rel=2e-3)
+    assert torch.allclose(runs["cuda"][1], runs["eager"][1], atol=2e-3)
 
 
 def test_engine_stops_on_a_non_finite_loss():
