@@ -52,12 +52,8 @@ step "op benchmark" env NST_FAST_BENCH_SIZES=512,1024,2048,4096 timeout 240 pyth
   -k cuda --benchmark-enable --benchmark-only --benchmark-json="$OUT/pytest-benchmark-ops-gpu.json"
 step "iteration benchmark" timeout 240 python3 -m nst_fast.cli bench --device cuda --sizes 512,1024,2048 \
   --json "$OUT/gpu-iterations.json"
-step "whole loop per graph mode" timeout 240 python3 -c "
-import json; from nst_fast import bench
-rows = [bench.measure_loop(p, g, s, 'cuda') for s in (512, 1024, 2048) for p in ('bf16', 'fp16', 'fp32')
-        for g in ('eager', 'cuda', 'compile')]
-for r in rows: print(r['size'], r['precision'], r['graph'], round(r['ms_per_iteration_median'], 3), 'ms/it')
-json.dump({'machine': bench.machine_info(), 'loops': rows}, open('$OUT/gpu-loops.json', 'w'), indent=1)"
+step "whole loop per graph mode" timeout 300 python3 benchmarks/loops.py --device cuda --sizes 512,2048 \
+  --precisions bf16,fp16 --graphs eager,cuda,compile --steps 20 --rounds 2 --out "$OUT/gpu-loops.json"
 step "time to quality" env NST_FAST_BENCH_SIZES=512 timeout 180 python3 -m pytest benchmarks/test_quality.py -q \
   --benchmark-enable --benchmark-only --benchmark-json="$OUT/pytest-benchmark-quality-gpu.json"
 echo "== done"

@@ -2,9 +2,9 @@
 
     python benchmarks/report.py          # rewrites the part of README.md between the markers
 
-Two kinds of JSON live in results/: `nst-fast bench --json` files (per-iteration time and memory per
-backend, precision and size) and pytest-benchmark files (`make bench`: also the operator and the
-time-to-quality suites).
+Three kinds of JSON live in results/: `nst-fast bench --json` files (per-iteration time and memory per
+backend, precision and size), pytest-benchmark files (`make bench`: also the operator and the
+time-to-quality suites), and `benchmarks/loops.py` files (the whole loop per --graph mode).
 """
 
 from __future__ import annotations
@@ -32,6 +32,20 @@ def bench_tables(path: Path, data: dict) -> list[str]:
         mem = "–" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
         lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | {r['size']} | {r['image'][3]}×{r['image'][2]} "
                      f"| {r['ms_median']:.1f} | {r['iterations_per_second']:.2f} | {mem} |")  # fmt: skip
+    return lines + [""]
+
+
+def loop_tables(path: Path, data: dict) -> list[str]:
+    lines = [f"### `{path.name}` — `benchmarks/loops.py`", "", f"Machine: {machine_line(data['machine'])}.", "",
+             "The torch backend's whole loop, ms per iteration (median of runs; compilation or capture included):",
+             "", "| size | precision | graph | device | steps per run | ms / iteration | against eager |",
+             "| ---: | --- | --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+    eager = {(r["size"], r["precision"]): r["ms_per_iteration_median"] for r in data["loops"] if r["graph"] == "eager"}
+    for r in data["loops"]:
+        base = eager.get((r["size"], r["precision"]))
+        ratio = f"{r['ms_per_iteration_median'] / base:.2f}×" if base else "–"
+        lines.append(f"| {r['size']} | {r['precision']} | {r['graph']} | {r['device']} | {r['steps']} | "
+                     f"{r['ms_per_iteration_median']:.1f} | {ratio} |")  # fmt: skip
     return lines + [""]
 
 
@@ -86,7 +100,10 @@ def main() -> None:
     lines: list[str] = []
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
-        lines += bench_tables(path, data) if "results" in data else pytest_benchmark_tables(path, data)
+        if "loops" in data:
+            lines += loop_tables(path, data)
+        else:
+            lines += bench_tables(path, data) if "results" in data else pytest_benchmark_tables(path, data)
     text = README.read_text()
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)

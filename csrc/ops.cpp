@@ -47,7 +47,7 @@ at::Tensor flat(const at::Tensor& feats) {
 // split into k row blocks, block i needs only the columns from its own diagonal block on, one GEMM
 // (rows_i x C_i..C) each, written in place; the blocks below the diagonal are then mirrored. That is
 // (k+1)/2k of the full product's work in k GEMMs — wide enough to keep the BLAS at full speed, which
-// square blocks of the same size (k(k+1)/2 narrower GEMMs) were not (benchmarks/NOTES.md §2).
+// square blocks of the same size (k(k+1)/2 narrower GEMMs) were not (benchmarks/NOTES.md §6).
 constexpr int64_t kChunkBytes = 1 << 21;  // float32 bytes of one converted chunk (fits L2)
 
 int64_t row_block(int64_t c) {

@@ -307,12 +307,16 @@ def time_to_quality(size: int = 256, steps: int = 300, device: str = "auto", bac
 
             def watch(it, reached=reached):
                 nonlocal paused
+                # it.elapsed is host time; on a GPU the step may still be queued: wait for it, on the clock.
                 t0 = time.perf_counter()
+                synchronize(judge.device)
+                elapsed = it.elapsed + (time.perf_counter() - t0) - paused
+                t1 = time.perf_counter()
                 if not reached and it.step >= judged_from and judged(it.image) <= target:
-                    reached.append((it.step, it.elapsed - paused))
+                    reached.append((it.step, elapsed))
                     if it.step > steps:
                         raise _Done
-                paused += time.perf_counter() - t0
+                paused += time.perf_counter() - t1
 
             final = judged(loop(options, content, style, watch))
             if not reached:
@@ -366,8 +370,8 @@ def measure_step(
                        memory.peak_mb, memory.kind, float(loss))  # fmt: skip
 
 
-def measure_loop(precision: str = "bf16", graph: str = "eager", size: int = 512, device: str = "auto",
-                 steps: int = 50, rounds: int = 3, images: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:  # fmt: skip
+def measure_loop(precision: str = "bf16", graph: str = "eager", size: int = 512, device: str = "auto", steps: int = 50,
+                 rounds: int = 3, images: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:  # fmt: skip
     """Median milliseconds per iteration of the torch backend's whole loop — evaluation, gradient,
     optimizer update, best-iterate tracking, and in ``graph`` mode its capture or compilation — over
     runs of ``steps`` iterations, after one untimed run. Each run ends by copying the image to the
@@ -375,7 +379,8 @@ def measure_loop(precision: str = "bf16", graph: str = "eager", size: int = 512,
     from .stylizer import Stylizer
 
     content, style = images or default_images()
-    options = Options(size=size, steps=steps, device=device, backend="torch", precision=precision, graph=graph)
+    options = Options(size=size, steps=steps, device=device, backend="torch", precision=precision, graph=graph,
+                      pyramid_start=0)  # one scale: every iteration at ``size``  # fmt: skip
     stylizer = Stylizer(style, options)
     content = resize_longest(content, size)
     stylizer.stylize_tensor(content)

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("output and feedback")
     out.add_argument("--quality", type=int, default=None, metavar="Q", help="JPEG/WebP quality, 1-100 (default: Pillow's)")
     out.add_argument("--bit-depth", type=int, default=8, choices=(8, 16),
-                     help="bits per channel of the output; 16 needs a TIFF (.tif) output (default: %(default)s)")  # fmt: skip
+                     help="bits per channel of the output; 16 needs a .tif output (default: %(default)s)")  # fmt: skip
     out.add_argument("--format", default="png", help="output format in batch mode, where -o is a directory (default: %(default)s)")
     out.add_argument("--save-every", type=int, default=None, metavar="N",
                      help="also save every N-th iterate, as OUTPUT-stem.stepNNNNN.ext")  # fmt: skip
@@ -232,7 +232,8 @@ def _what_fits(stylizer, content, free: int) -> str:
     if opts.backend == "torch" and stylizer.precision.autocast_dtype is None and fits(precision="bf16"):
         found.append("--precision bf16")
     largest = opts.tile or opts.size
-    tiles = [largest >> k for k in range(1, 8) if largest >> k >= max(64, 2 * opts.min_size)]
+    smallest = max(64, 2 * opts.min_size, 2 * opts.tile_overlap + 1 if opts.tile_overlap is not None else 0)
+    tiles = [largest >> k for k in range(1, 8) if largest >> k >= smallest]
     tile = next((t for t in tiles if fits(tile=t)), None)
     if tile:
         found.append(f"--tile {tile}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -117,7 +116,9 @@ def checkpointed_loss(model: VGG19, loss_fn: StyleTransferLoss, image: torch.Ten
     x = model.preprocess(image)
     content = style = image.new_zeros((), dtype=torch.float32)
     for block in model.blocks():
-        x, c, s = torch.utils.checkpoint.checkpoint(_block_terms, model, loss_fn, block, x, use_reentrant=False)
+        # No randomness in VGG: skipping the RNG state saves time and lets CUDA graphs capture this.
+        x, c, s = torch.utils.checkpoint.checkpoint(_block_terms, model, loss_fn, block, x, use_reentrant=False,
+                                                    preserve_rng_state=False)  # fmt: skip
         content, style = content + c, style + s
     terms = {}
     if loss_fn.content_targets:
@@ -164,23 +165,23 @@ class _Evaluator:
         return loss.detach(), {k: v.detach() for k, v in terms.items()}, grad
 
 
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def compiled(model: VGG19):
     """``torch.compile(model)``, once per model: the network is what compiles, not the loss, whose
     targets and weights change with every image and tile and would each force a recompilation. A new
-    image size recompiles once, after which sizes are dynamic."""
-    if model not in _COMPILED:
-        _COMPILED[model] = torch.compile(model)
-    return _COMPILED[model]
+    image size recompiles, after which the changed dimension is dynamic."""
+    if "_nst_compiled" not in model.__dict__:
+        # Kept on the model (not in a registry, which would keep every model alive), and set past
+        # nn.Module.__setattr__ so that it is no submodule.
+        object.__setattr__(model, "_nst_compiled", torch.compile(model))
+    return model.__dict__["_nst_compiled"]
 
 
 def resolve_graph(requested: str, device: torch.device) -> str:
-    """How steps run: ``eager``, ``compile`` (torch.compile'd loss) or ``cuda`` (captured CUDA graph).
+    """How steps run: ``eager``, ``compile`` (torch.compile'd network) or ``cuda`` (captured CUDA graph).
 
-    ``auto`` is eager: on this project's CPU, torch.compile measured no faster (benchmarks/NOTES.md §6),
-    and on a GPU the captured graph is unmeasured so far.
+    ``auto`` is eager: torch.compile needs a compiler at run time and spends about 10 s per image size,
+    which a default run (120 steps at 512 px) does not earn back on this project's CPU (benchmarks/NOTES.md
+    §7); on a GPU the captured graph has not been measured yet.
     """
     if requested == "cuda" and device.type != "cuda":
         raise NstError(f"graph 'cuda' captures CUDA graphs and needs a CUDA device, not {device.type}")

@@ -16,7 +16,6 @@ from .atomic import atomic_save
 from .errors import ImageError
 
 
-
 def load_image(source, max_pixels: int | None = None) -> torch.Tensor:
     """A path, PIL image or tensor → 1×3×H×W float32 RGB in [0, 1] on the CPU.
 
@@ -69,7 +68,10 @@ def _tiff_16bit_rgb(path) -> bool:
     """Whether ``path`` is a TIFF of 16-bit RGB (which Pillow decodes to 8 bits) with no rotation to apply."""
     with Image.open(path) as image:
         tags = getattr(image, "tag_v2", None) if image.format == "TIFF" else None
-    return tags is not None and tags.get(258) in ((16, 16, 16), (16, 16, 16, 16)) and tags.get(262) == 2 and tags.get(274, 1) == 1
+    if tags is None:
+        return False
+    rgb16 = tags.get(258) in ((16, 16, 16), (16, 16, 16, 16)) and tags.get(262) == 2  # BitsPerSample, RGB
+    return rgb16 and tags.get(274, 1) == 1  # Orientation: none
 
 
 def _read_tiff_16bit(path) -> torch.Tensor:
@@ -161,7 +163,7 @@ def check_output_path(path: str | os.PathLike, bit_depth: int = 8) -> Path:
     if bit_depth not in (8, 16):
         raise ImageError(f"bit depth must be 8 or 16, got {bit_depth}")
     if bit_depth == 16 and fmt != "TIFF":
-        raise ImageError(f"16-bit output is written as TIFF: use a .tif or .tiff output path, not {path.suffix or path.name}")
+        raise ImageError(f"16-bit output is written as TIFF: use a .tif or .tiff output path, not {path.name}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ImageError(f"output directory does not exist: {parent}")

@@ -1,4 +1,4 @@
-"""L-BFGS that lives on the device: fixed history, no host synchronisation, graph-capturable.
+"""L-BFGS that lives on the device: fixed history, no host synchronisation.
 
 It follows ``torch.optim.LBFGS`` without line search — the first step is scaled by min(1, 1/‖g‖₁),
 later steps have length ``lr`` along the two-loop direction, H₀ = sᵀy / yᵀy — with two differences.
@@ -7,9 +7,11 @@ version stores it with ρ = 0, which removes it from the two-loop recursion. And
 parameter actually took between two evaluations, not the step the optimizer proposed: the two differ
 where the image is clamped to [0, 1] after an update, and a pair (s, y) whose s was not taken describes
 a curvature the function does not have. At 256 px this removed the loss spikes late in a run (the
-loss after 300 iterations in bf16: 1.191 against 1.270 with the proposed step; benchmarks/NOTES.md §5). Which slots hold the newest
-pairs is known on the host (it only depends on the step count), so every tensor operation has fixed
-shapes and runs without reading anything back.
+loss after 300 iterations in bf16: 1.191 against 1.270 with the proposed step; benchmarks/NOTES.md §5).
+
+Which slots hold the newest pairs is known on the host (it only depends on the step count), so every
+tensor operation has fixed shapes and runs without reading anything back. :class:`CompactLBFGS` is
+the same method with no host state at all, for CUDA graphs.
 """
 
 from __future__ import annotations

@@ -28,14 +28,17 @@ class MemoryEstimate:
     recomputed: int  # with checkpointing: one block's activations, recomputed during the backward pass
     backward: int  # gradient buffers alive at once during the backward pass
     optimizer: int  # the image, its gradient, the best iterate and the optimizer's state
+    canvas: int = 0  # when tiled: the whole image, its content image and a band of tiles, at full size
+
+    PARTS = ("weights", "kept", "recomputed", "backward", "optimizer", "canvas")
 
     @property
     def total(self) -> int:
-        return self.weights + self.kept + self.recomputed + self.backward + self.optimizer
+        return sum(getattr(self, k) for k in self.PARTS)
 
     def __str__(self) -> str:
         gib = 2**30
-        parts = ", ".join(f"{k} {getattr(self, k) / gib:.2f}" for k in ("weights", "kept", "recomputed", "backward", "optimizer"))
+        parts = ", ".join(f"{k} {getattr(self, k) / gib:.2f}" for k in self.PARTS if k != "canvas" or self.canvas)
         return f"{self.total / gib:.2f} GiB ({parts})"
 
 

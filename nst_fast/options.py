@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import OptionsError
 from .vgg import POOLINGS, check_layers, min_image_side
@@ -40,7 +40,9 @@ class Options:
         0, "scales whose longest side exceeds this are optimized in overlapping tiles of at most this many px, "
         "blended without seams, against the whole style's targets: for sizes beyond memory (0: never)"
     )
-    tile_overlap: int | None = _opt(None, "overlap of neighbouring tiles in px (default: tile / 8, at least 32 where the tile allows)")
+    tile_overlap: int | None = _opt(
+        None, "overlap of neighbouring tiles in px (default: tile / 8, at least 32 where the tile allows)"
+    )
     content_layers: tuple[str, ...] = _opt(("relu4_2",), "VGG-19 layers compared with the content image")
     style_layers: tuple[str, ...] = _opt(
         ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), "VGG-19 layers whose Gram matrices are matched"
@@ -83,7 +85,7 @@ class Options:
         "(on when the estimate exceeds free memory)", choices=("auto", "on", "off"),
     )
     graph: str = _opt(
-        "auto", "torch backend: how each step runs: eager, compile (torch.compile of the loss and gradient), "
+        "auto", "torch backend: how each step runs: eager, compile (the network through torch.compile), "
         "cuda (evaluation, gradient and update captured once in a CUDA graph and replayed), auto (eager)",
         choices=GRAPHS,
     )
@@ -169,8 +171,8 @@ class Options:
             raise OptionsError(f"max_pixels must be positive, got {self.max_pixels}")
         if self.pyramid_start < 0:
             raise OptionsError(f"pyramid_start must be zero or more, got {self.pyramid_start}")
-        if self.tile_overlap is not None and (isinstance(self.tile_overlap, bool) or not isinstance(self.tile_overlap, int)
-                                              or self.tile_overlap < 0):  # fmt: skip
+        overlap = self.tile_overlap
+        if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0):
             raise OptionsError(f"tile_overlap must be an integer of zero or more, got {self.tile_overlap!r}")
         if self.tile < 0:
             raise OptionsError(f"tile must be zero (no tiling) or a size in px, got {self.tile}")

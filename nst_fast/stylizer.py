@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -17,7 +19,7 @@ from .color import preserve_colors
 from .errors import ImageError, OptionsError
 from .image import load_image, resize_longest, tensor_to_pil
 from .options import Options
-from .tiling import Tile, blend_weights, composited, paste, tile_grid
+from .tiling import Tile, optimize_tiles, tile_grid
 from .vgg import VGG19
 from .weights import load_weights
 
@@ -136,7 +138,7 @@ class Stylizer:
     def plan(self, content) -> list[tuple[int, list[Tile]]]:
         """The run's scales, coarsest first, each with its tiles (one covering the image when it is
         not tiled), for ``content`` (a path, PIL image or tensor)."""
-        original = content if isinstance(content, torch.Tensor) else load_image(content, self.options.max_pixels)
+        original = load_image(content, self.options.max_pixels)
         steps = []
         for size in self.options.scales():
             h, w = resize_longest(original, size).shape[-2:]
@@ -160,14 +162,18 @@ class Stylizer:
         from .engine import memory_estimate, resolve_precision, use_checkpointing
 
         opts = self.options.replace(**overrides)
-        image = content if isinstance(content, torch.Tensor) else load_image(content, opts.max_pixels)
-        h, w = resize_longest(image, opts.size).shape[-2:]
-        if opts.tile and max(h, w) > opts.tile:
+        image = load_image(content, opts.max_pixels)
+        height, width = h, w = resize_longest(image, opts.size).shape[-2:]
+        tiled = bool(opts.tile) and max(h, w) > opts.tile
+        if tiled:
             h, w = min(h, opts.tile), min(w, opts.tile)
         piece = torch.empty(1, 3, h, w, device=self.device)  # only its shape and device are read
         precision = resolve_precision(opts.precision if opts.backend == "torch" else "fp32", self.device)
         checkpoint = opts.backend == "torch" and use_checkpointing(opts, self.model, piece, precision)
-        return memory_estimate(opts, self.model, piece, precision, checkpoint)
+        estimate = memory_estimate(opts, self.model, piece, precision, checkpoint)
+        if tiled:  # the canvas, the content image, and a band with its preview copy, in float32
+            estimate = dataclasses.replace(estimate, canvas=(2 * height + 2 * h) * width * 3 * 4)
+        return estimate
 
     def stylize_tensor(self, content, callback: Callback | None = None) -> torch.Tensor:
         """Like :meth:`stylize`, returning a 1×3×H×W float tensor in [0, 1] on the CPU.
@@ -197,37 +203,44 @@ class Stylizer:
                     loss_fn = reference.build_loss(self.model, content_i, targets, opts)
                     image = optimize(self.model, loss_fn, image, opts.replace(steps=steps),
                                      _offset(callback, done, total, time.perf_counter() - start))  # fmt: skip
-                    done += steps
-                    continue
-                # Content normalized by the whole image's energy, so that every tile weighs content alike.
-                energies = reference.content_energies(self.model, [content_i[(..., *t.box)] for t in tiles],
-                                                      opts.content_layers)  # fmt: skip
-                for tile in tiles:
-                    weights = blend_weights(tile, image.device)
-                    loss_fn = reference.build_loss(self.model, content_i[(..., *tile.box)], targets, opts, energies)
-                    report = _offset(callback, done, total, time.perf_counter() - start, image, tile, weights)
-                    pixels = optimize(self.model, loss_fn, image[(..., *tile.box)].clone(), opts.replace(steps=steps),
-                                      report)  # fmt: skip
-                    paste(image, tile, pixels, weights)
-                    done += steps
+                else:
+                    def report(k: int, preview, done=done) -> Callback | None:  # the k-th tile's callback
+                        return _offset(callback, done + k * steps, total, time.perf_counter() - start, preview)
+
+                    self._optimize_tiles(image, content_i, targets, tiles, steps, report)
+                done += steps * len(tiles)
         if opts.preserve_colors:
             image = preserve_colors(image, content_i)
         return image.cpu()
+
+    def _optimize_tiles(self, image: torch.Tensor, content: torch.Tensor, targets, tiles: list[Tile], steps: int,
+                        report) -> None:  # fmt: skip
+        """Optimize ``image`` (in place) tile by tile, ``steps`` iterations each."""
+        opts = self.options
+        optimize = loop(opts.backend)
+        # Content normalized by the whole image's energy, so that every tile weighs content alike.
+        energies = reference.content_energies(self.model, [content[(..., *t.box)] for t in tiles], opts.content_layers)
+        count = itertools.count()
+
+        def work(tile: Tile, pixels: torch.Tensor, preview) -> torch.Tensor:
+            loss_fn = reference.build_loss(self.model, content[(..., *tile.box)], targets, opts, energies)
+            return optimize(self.model, loss_fn, pixels, opts.replace(steps=steps), report(next(count), preview))
+
+        optimize_tiles(image, tiles, work)
 
     def stylize(self, content, callback: Callback | None = None) -> Image.Image:
         """Stylize ``content`` (path, PIL image or tensor) and return the result as a PIL image."""
         return tensor_to_pil(self.stylize_tensor(content, callback))
 
 
-def _offset(callback: Callback | None, done: int, total: int, elapsed: float, canvas: torch.Tensor | None = None,
-            tile: Tile | None = None, weights: torch.Tensor | None = None) -> Callback | None:  # fmt: skip
+def _offset(callback: Callback | None, done: int, total: int, elapsed: float, preview=None) -> Callback | None:
     """A callback for one scale (or one tile of it) that reports steps and time as parts of the whole
-    run, and — for a tile — the whole canvas with the tile blended in as the image."""
+    run, and — for a tile — the whole canvas with the tile blended in as the image (``preview``)."""
     if callback is None:
         return None
 
     def report(it: Iterate) -> None:
-        image = it._image if tile is None else (lambda: composited(canvas, tile, it.image, weights))
+        image = it._image if preview is None else (lambda: preview(it.image))
         callback(Iterate(done + it.step, total, it._loss, it._losses, elapsed + it.elapsed, image, it.device))
 
     return report

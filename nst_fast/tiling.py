@@ -5,13 +5,16 @@ A scale whose longest side exceeds ``Options.tile`` is cut into a grid of overla
 (the whole style image's Gram matrices, which are per-position averages and so mean the same for a tile
 as for the whole image) and its own piece of the content, starting from the current canvas — so that its
 overlap with the tiles above and to the left starts from their results. It is written back with weights
-that rise smoothly from 0 to 1 across those overlaps, which makes the canvas continuous at every tile
-edge: no seams. The coarser pyramid scales, optimized whole, give the tiles a common starting image.
+that rise smoothly from 0 to 1 across those overlaps — first into its row's band, across its left
+overlap, then the band into the canvas, across its top overlap — which makes the canvas continuous at
+every tile edge: no seams. The coarser pyramid scales, optimized whole, give the tiles a common
+starting image.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -77,7 +80,40 @@ def paste(canvas: torch.Tensor, tile: Tile, pixels: torch.Tensor, weights: torch
     return canvas
 
 
-def composited(canvas: torch.Tensor, tile: Tile, pixels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """A copy of ``canvas`` with ``pixels`` blended in at ``tile`` (what the canvas will be if the tile
-    stopped here): the image a callback sees during a tiled scale."""
-    return paste(canvas.clone(), tile, pixels.detach().clamp(0, 1), weights)
+Work = Callable[[Tile, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+
+
+def optimize_tiles(canvas: torch.Tensor, tiles: list[Tile], work: Work) -> torch.Tensor:
+    """Run ``work(tile, start, preview)`` for each tile and blend its result into ``canvas`` (in place).
+
+    ``start`` is the tile's starting pixels; ``preview(pixels)`` returns the whole canvas as it would
+    be with ``pixels`` as the tile's result (for callbacks). Blending is in two stages, so that both are
+    one-dimensional: the tiles of a row go into a copy of the row's band with weights rising across
+    their left overlaps only, and the band goes into the canvas with weights rising across its top
+    overlap only. (One stage with the product of the two ramps leaves a step where a tile's right edge
+    meets the row above inside the top overlap.)
+    """
+    for row in _rows(tiles):
+        first = row[0]
+        band = Tile(first.top, 0, first.height, canvas.shape[-1], blend_top=first.blend_top)
+        band_weights = blend_weights(band, canvas.device)
+        strip = canvas[(..., *band.box)].clone()
+        for tile in row:
+            local = Tile(0, tile.left, tile.height, tile.width, blend_left=tile.blend_left)
+            weights = blend_weights(local, canvas.device)
+
+            def preview(pixels: torch.Tensor, local=local, weights=weights) -> torch.Tensor:
+                band_now = paste(strip.clone(), local, pixels.detach().clamp(0, 1), weights)
+                return paste(canvas.clone(), band, band_now, band_weights)
+
+            pixels = work(tile, strip[(..., *local.box)].clone(), preview)
+            paste(strip, local, pixels, weights)
+        paste(canvas, band, strip, band_weights)
+    return canvas
+
+
+def _rows(tiles: list[Tile]) -> list[list[Tile]]:
+    rows: dict[int, list[Tile]] = {}
+    for tile in tiles:
+        rows.setdefault(tile.top, []).append(tile)
+    return [rows[top] for top in sorted(rows)]

@@ -61,23 +61,24 @@ def test_device_lbfgs_follows_torch_lbfgs():
     assert ours == pytest.approx(torch_trace, rel=1e-4, abs=1e-4)
 
 
-def test_compact_lbfgs_equals_the_two_loop_recursion():
+@pytest.mark.parametrize(("n", "history", "steps"), [(30, 6, 20), (120, 48, 60)])
+def test_compact_lbfgs_equals_the_two_loop_recursion(n, history, steps):
     from nst_fast.lbfgs import CompactLBFGS
 
     torch.manual_seed(1)
-    a = torch.randn(30, 30, dtype=torch.float64)
-    a = (a @ a.T / 30 + 0.5 * torch.eye(30, dtype=torch.float64)).float()
+    a = torch.randn(n, n, dtype=torch.float64)
+    a = (a @ a.T / n + 0.5 * torch.eye(n, dtype=torch.float64)).float()
 
     def f(x):
         return 0.5 * x @ a @ x + 0.05 * (x**4).sum() - x.sum()
 
-    x0 = torch.randn(30)
+    x0 = torch.randn(n)
     traces = []
     for kind in (DeviceLBFGS, CompactLBFGS):
         x = x0.clone()
-        opt = kind(x, lr=1, history=6)  # 6 < 20: the slots wrap around
+        opt = kind(x, lr=1, history=history)  # history < steps: the slots wrap around
         trace = []
-        for _ in range(20):
+        for _ in range(steps):
             xx = x.clone().requires_grad_()
             loss = f(xx)
             loss.backward()

@@ -68,12 +68,14 @@ def test_ext_gram_matches_reference_and_float64(shape, dtype, channels_last, dev
 
 
 @needs_ext
-@pytest.mark.parametrize("shape", [(2, 512, 5, 7), (1, 300, 4, 4), (2, 64, 100, 101), (1, 256, 33, 31)])
+@pytest.mark.parametrize("shape", [(2, 512, 5, 7), (1, 301, 4, 4), (2, 64, 100, 101), (1, 256, 33, 31), (2, 65, 9, 9),
+                                   (1, 129, 6, 5)])  # fmt: skip
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_cpu_gram_blocks_and_chunks(shape, dtype, channels_last):
-    """C ≥ 256 takes the triangular-block path (C = 300: uneven blocks); a bf16/fp16 map larger than
-    one conversion chunk (100×101 positions) is accumulated chunk by chunk."""
+    """C ≥ 64 is computed in row blocks above the diagonal and mirrored (C = 65, 129, 301: a shorter
+    last block); a bf16/fp16 map larger than one conversion chunk (100×101 positions) is accumulated
+    chunk by chunk."""
     x = feats(shape, dtype, channels_last)
     scale = 1.0 / (shape[2] * shape[3])
     f = x.double().reshape(shape[0], shape[1], -1)

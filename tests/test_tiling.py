@@ -50,6 +50,28 @@ def test_pasting_one_image_tile_by_tile_rebuilds_it():
     assert torch.allclose(canvas, image, atol=1e-6)
 
 
+def test_tiles_that_disagree_blend_without_steps():
+    # Each tile returns a different constant: the worst case for seams. Across the canvas no step
+    # between neighbouring pixels may exceed what the smooth ramps themselves make (1.5 / overlap of
+    # the largest difference, 1 here), also where a tile's edge meets the row above.
+    from nst_fast.tiling import optimize_tiles
+
+    values = iter(torch.rand(100, generator=torch.Generator().manual_seed(0)).tolist())
+    canvas = torch.rand(1, 3, 160, 170)
+    grid = tile_grid(160, 170, 64, 24)
+    assert len({t.top for t in grid}) >= 3 and len({t.left for t in grid}) >= 3
+    seen = []
+
+    def work(tile, start, preview):
+        seen.append(preview(torch.zeros_like(start)).shape)
+        return torch.full_like(start, next(values))
+
+    optimize_tiles(canvas, grid, work)
+    assert seen == [canvas.shape] * len(grid)
+    steps = max(canvas.diff(dim=3).abs().max(), canvas.diff(dim=2).abs().max())
+    assert steps <= 1.5 / 24 + 1e-6, steps
+
+
 def test_tile_options_are_validated():
     assert Options(tile=512).overlap == 64 and Options(tile=128).overlap == 32 and Options(tile=64).overlap == 16
     with pytest.raises(OptionsError, match="at least"):

@@ -34,8 +34,8 @@ from ..callbacks import Callback
 from ..errors import OptionsError
 from ..losses import StyleTransferLoss
 from ..options import Options
-from ..vgg import VGG19
 from ..reference import optimizer_loop
+from ..vgg import VGG19
 from .export import build_step_graph, step_feeds
 
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
