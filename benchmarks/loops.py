@@ -1,6 +1,7 @@
 """(e) the torch backend's whole loop per precision and --graph mode: milliseconds per iteration of a
-real run (evaluation, gradient, update, best-iterate tracking; compilation or graph capture included
-in each timed run), medians of ROUNDS runs of STEPS iterations after one untimed run.
+real run at one scale (evaluation, gradient, update, best-iterate tracking; CUDA-graph capture in
+every run), medians of ROUNDS runs of STEPS iterations after a first run, which torch.compile spends
+compiling and whose time is recorded too.
 
     python benchmarks/loops.py --sizes 256,512 --out benchmarks/results/NAME-loops.json
 """

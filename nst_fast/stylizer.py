@@ -145,11 +145,11 @@ class Stylizer:
             steps.append((size, self._tiles(h, w)))
         return steps
 
-    def _tiles(self, height: int, width: int) -> list[Tile]:
-        tile = self.options.tile
-        if not tile or max(height, width) <= tile:
+    def _tiles(self, height: int, width: int, options: Options | None = None) -> list[Tile]:
+        opts = options or self.options
+        if not opts.tile or max(height, width) <= opts.tile:
             return [Tile(0, 0, height, width)]
-        return tile_grid(height, width, tile, self.options.overlap)
+        return tile_grid(height, width, opts.tile, opts.overlap)
 
     def total_steps(self, content) -> int:
         """Optimizer iterations a run on ``content`` takes, over every scale and tile."""
@@ -163,10 +163,9 @@ class Stylizer:
 
         opts = self.options.replace(**overrides)
         image = load_image(content, opts.max_pixels)
-        height, width = h, w = resize_longest(image, opts.size).shape[-2:]
-        tiled = bool(opts.tile) and max(h, w) > opts.tile
-        if tiled:
-            h, w = min(h, opts.tile), min(w, opts.tile)
+        height, width = resize_longest(image, opts.size).shape[-2:]
+        first = self._tiles(height, width, opts)[0]
+        h, w, tiled = first.height, first.width, (first.height, first.width) != (height, width)
         piece = torch.empty(1, 3, h, w, device=self.device)  # only its shape and device are read
         precision = resolve_precision(opts.precision if opts.backend == "torch" else "fp32", self.device)
         checkpoint = opts.backend == "torch" and use_checkpointing(opts, self.model, piece, precision)

@@ -1,14 +1,14 @@
 """Tiles: optimizing an image too large for memory one overlapping piece at a time.
 
-A scale whose longest side exceeds ``Options.tile`` is cut into a grid of overlapping tiles of at most
-``tile`` px a side. Each tile is optimized in turn, in raster order, against the *global* style targets
-(the whole style image's Gram matrices, which are per-position averages and so mean the same for a tile
-as for the whole image) and its own piece of the content, starting from the current canvas — so that its
-overlap with the tiles above and to the left starts from their results. It is written back with weights
-that rise smoothly from 0 to 1 across those overlaps — first into its row's band, across its left
-overlap, then the band into the canvas, across its top overlap — which makes the canvas continuous at
-every tile edge: no seams. The coarser pyramid scales, optimized whole, give the tiles a common
-starting image.
+A scale whose longest side exceeds ``Options.tile`` is cut into a grid of the fewest overlapping tiles
+of at most ``tile`` px a side, each as small as that allows. Each tile is optimized in turn, in raster
+order, against the *global* style targets (the whole style image's Gram matrices, which are
+per-position averages and so mean the same for a tile as for the whole image) and its own piece of the
+content, starting from the current canvas — so that its overlap with the tiles above and to the left
+starts from their results. It is written back with weights that rise smoothly from 0 to 1 across those
+overlaps — first into its row's band, across its left overlap, then the band into the canvas, across
+its top overlap — which makes the canvas continuous at every tile edge: no seams. The coarser pyramid
+scales, optimized whole, give the tiles a common starting image.
 """
 
 from __future__ import annotations
@@ -36,20 +36,23 @@ class Tile:
         return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
 
 
-def _starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Evenly spaced starts of tiles of ``tile`` px covering ``length`` px, overlapping by ≥ ``overlap``."""
+def _split(length: int, tile: int, overlap: int) -> tuple[int, list[int]]:
+    """(size, starts) of the fewest tiles of at most ``tile`` px that cover ``length`` px overlapping by
+    at least ``overlap``: as small as that allows (less work than ``tile``-sized ones overlapping by
+    more), evenly spaced."""
     if length <= tile:
-        return [0]
+        return length, [0]
     n = math.ceil((length - overlap) / (tile - overlap))
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+    size = math.ceil((length + (n - 1) * overlap) / n)  # n·size ≥ length + (n−1)·overlap
+    return size, [round(i * (length - size) / (n - 1)) for i in range(n)]
 
 
 def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
-    """The tiles of a ``height``×``width`` image in raster order (one tile when it fits in ``tile``)."""
+    """The tiles of a ``height``×``width`` image in raster order (one tile when it fits in ``tile``);
+    all of one size, so that a compiled network sees one shape."""
     if tile < 1 or not 0 <= 2 * overlap < tile:
         raise ValueError(f"need tile > 2 × overlap ≥ 0, got tile {tile} and overlap {overlap}")
-    th, tw = min(tile, height), min(tile, width)
-    ys, xs = _starts(height, tile, overlap), _starts(width, tile, overlap)
+    (th, ys), (tw, xs) = _split(height, tile, overlap), _split(width, tile, overlap)
     return [
         Tile(y, x, th, tw, ys[i - 1] + th - y if i else 0, xs[j - 1] + tw - x if j else 0)
         for i, y in enumerate(ys)
