@@ -389,7 +389,10 @@ def _add_option_flags(parser, names: tuple[str, ...]) -> None:
         f = fields[name]
         default = getattr(defaults, name)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        kwargs = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {shown})")
+        text = f.metadata["help"]
+        if "(default:" not in text:  # a None default is described in the help's own words
+            text += f" (default: {shown})"
+        kwargs = {"default": argparse.SUPPRESS, "help": text}
         kind = _arg_type(str(f.type))
         if kind is None:
             parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, **kwargs)

@@ -135,11 +135,16 @@ def _check_tensor(image: torch.Tensor) -> torch.Tensor:
     return image.detach().float().cpu().clamp(0, 1)
 
 
+def longest_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """The height and width of a ``height``×``width`` image resized so that its longest side is ``size``."""
+    scale = size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def resize_longest(image: torch.Tensor, size: int) -> torch.Tensor:
     """Resize N×3×H×W so that its longest side is ``size`` px, keeping the aspect ratio (antialiased)."""
     h, w = image.shape[-2:]
-    scale = size / max(h, w)
-    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    new_h, new_w = longest_side_shape(h, w, size)
     if (new_h, new_w) == (h, w):
         return image
     out = F.interpolate(image, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)

@@ -17,7 +17,7 @@ from . import reference
 from .callbacks import Callback, Iterate
 from .color import preserve_colors
 from .errors import ImageError, OptionsError
-from .image import load_image, resize_longest, tensor_to_pil
+from .image import load_image, longest_side_shape, resize_longest, tensor_to_pil
 from .options import Options
 from .tiling import Tile, optimize_tiles, tile_grid
 from .vgg import VGG19
@@ -141,8 +141,7 @@ class Stylizer:
         original = load_image(content, self.options.max_pixels)
         steps = []
         for size in self.options.scales():
-            h, w = resize_longest(original, size).shape[-2:]
-            steps.append((size, self._tiles(h, w)))
+            steps.append((size, self._tiles(*longest_side_shape(*original.shape[-2:], size))))
         return steps
 
     def _tiles(self, height: int, width: int, options: Options | None = None) -> list[Tile]:
@@ -157,22 +156,24 @@ class Stylizer:
 
     def memory_estimate(self, content, **overrides):
         """The estimated peak memory of stylizing ``content`` (see :mod:`nst_fast.memory`): that of the
-        largest piece optimized at once, the whole image or one tile. ``overrides`` are Options fields
-        to estimate with instead (``tile=1024``, ``checkpoint="on"``, ...)."""
+        scale whose piece optimized at once — the whole image, or one tile — needs most. ``overrides``
+        are Options fields to estimate with instead (``tile=1024``, ``checkpoint="on"``, ...)."""
         from .engine import memory_estimate, resolve_precision, use_checkpointing
 
         opts = self.options.replace(**overrides)
         image = load_image(content, opts.max_pixels)
-        height, width = resize_longest(image, opts.size).shape[-2:]
-        first = self._tiles(height, width, opts)[0]
-        h, w, tiled = first.height, first.width, (first.height, first.width) != (height, width)
-        piece = torch.empty(1, 3, h, w, device=self.device)  # only its shape and device are read
         precision = resolve_precision(opts.precision if opts.backend == "torch" else "fp32", self.device)
-        checkpoint = opts.backend == "torch" and use_checkpointing(opts, self.model, piece, precision)
-        estimate = memory_estimate(opts, self.model, piece, precision, checkpoint)
-        if tiled:  # the canvas, the content image, and a band with its preview copy, in float32
-            estimate = dataclasses.replace(estimate, canvas=(2 * height + 2 * h) * width * 3 * 4)
-        return estimate
+        peak = None
+        for size in opts.scales():
+            height, width = longest_side_shape(*image.shape[-2:], size)
+            first = self._tiles(height, width, opts)[0]
+            piece = torch.empty(1, 3, first.height, first.width, device=self.device)  # its shape and device
+            checkpoint = opts.backend == "torch" and use_checkpointing(opts, self.model, piece, precision)
+            estimate = memory_estimate(opts, self.model, piece, precision, checkpoint)
+            if (first.height, first.width) != (height, width):  # the canvas, content, a band and its preview
+                estimate = dataclasses.replace(estimate, canvas=(2 * height + 2 * first.height) * width * 3 * 4)
+            peak = estimate if peak is None or estimate.total > peak.total else peak
+        return peak
 
     def stylize_tensor(self, content, callback: Callback | None = None) -> torch.Tensor:
         """Like :meth:`stylize`, returning a 1×3×H×W float tensor in [0, 1] on the CPU.
