@@ -3,13 +3,19 @@ real run at one scale (evaluation, gradient, update, best-iterate tracking; CUDA
 every run), medians of ROUNDS runs of STEPS iterations after a first run, which torch.compile spends
 compiling and whose time is recorded too.
 
-    python benchmarks/loops.py --sizes 256,512 --out benchmarks/results/NAME-loops.json
+    python benchmarks/loops.py --sizes 256,512 --cold-compile --out benchmarks/results/NAME-loops.json
+
+With --cold-compile, torch.compile starts from an empty inductor cache, so that each compile row's
+first run includes a compilation from scratch (as a user's first run of a size does).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -25,8 +31,13 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cold-compile", action="store_true", help="start from an empty inductor cache")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.cold_compile:
+        # Read when inductor is first imported, which no compile has done yet.
+        assert "torch._inductor" not in sys.modules
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="nst-fast-inductor-")
     rows = []
     for size in map(int, args.sizes.split(",")):
         for precision in args.precisions.split(","):
@@ -35,7 +46,8 @@ def main() -> None:
                 print(f"{size:5d} px  {precision:5s} {graph:8s} {row['ms_per_iteration_median']:9.1f} ms/iteration")
                 rows.append(row)
                 # Written after every row, so that a run cut short keeps what it measured.
-                Path(args.out).write_text(json.dumps({"machine": bench.machine_info(), "loops": rows}, indent=1) + "\n")
+                facts = {"machine": bench.machine_info(), "cold_compile": args.cold_compile, "loops": rows}
+                Path(args.out).write_text(json.dumps(facts, indent=1) + "\n")
 
 
 if __name__ == "__main__":

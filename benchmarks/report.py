@@ -38,7 +38,8 @@ def bench_tables(path: Path, data: dict) -> list[str]:
 def loop_tables(path: Path, data: dict) -> list[str]:
     lines = [f"### `{path.name}` — `benchmarks/loops.py`", "", f"Machine: {machine_line(data['machine'])}.", "",
              "The torch backend's whole loop, ms per iteration (median of runs after a first one, in which "
-             "torch.compile compiles; CUDA-graph capture is in every run):", "",
+             "torch.compile compiles" + (", from an empty cache" if data.get("cold_compile") else "")
+             + "; CUDA-graph capture is in every run):", "",
              "| size | precision | graph | device | steps per run | ms / iteration | against eager | first run (s) |",
              "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     eager = {(r["size"], r["precision"]): r["ms_per_iteration_median"] for r in data["loops"] if r["graph"] == "eager"}

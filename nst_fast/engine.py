@@ -179,9 +179,9 @@ def compiled(model: VGG19):
 def resolve_graph(requested: str, device: torch.device) -> str:
     """How steps run: ``eager``, ``compile`` (torch.compile'd network) or ``cuda`` (captured CUDA graph).
 
-    ``auto`` is eager: torch.compile needs a compiler at run time and spends about 10 s per image size,
-    which a default run (120 steps at 512 px) does not earn back on this project's CPU (benchmarks/NOTES.md
-    §7); on a GPU the captured graph has not been measured yet.
+    ``auto`` is eager: torch.compile needs a compiler at run time and spent 8–20 s compiling each image
+    size on this project's CPU, about what it saves in a default run (120 steps at 512 px; benchmarks/
+    NOTES.md §7); on a GPU the captured graph has not been measured yet.
     """
     if requested == "cuda" and device.type != "cuda":
         raise NstError(f"graph 'cuda' captures CUDA graphs and needs a CUDA device, not {device.type}")
