@@ -36,12 +36,6 @@ bool is_channels_last(const at::Tensor& feats) {
   return !feats.is_contiguous() && feats.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-// B x C x (H*W) in the accumulation dtype. For contiguous and channels_last inputs the reshape is a
-// view (H and W merge in both layouts); only a dtype change copies.
-at::Tensor flat(const at::Tensor& feats) {
-  return feats.reshape({feats.size(0), feats.size(1), -1}).to(accumulation_type(feats.scalar_type()));
-}
-
 // G = F F^T, accumulated over chunks of positions so that a bf16/fp16 chunk's float32 copy stays in
 // cache instead of the whole map being copied out to memory and read back. G is symmetric: with C
 // split into k row blocks, block i needs only the columns from its own diagonal block on, one GEMM
@@ -120,17 +114,33 @@ at::Tensor style_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& fea
   TORCH_CHECK(diff.dim() == 3 && diff.size(0) == b && diff.size(1) == c && diff.size(2) == c,
               "nst_fast::style_loss_backward: diff must be B x C x C = ", b, " x ", c, " x ", c);
   // d/dF sum (sG - A)^2 = 2s (D + D^T) F; with a symmetric target D + D^T = 2D, the 4s D F of the
-  // formulas. Symmetrizing costs a C x C add and keeps the gradient right for any target.
-  const auto sym = diff + diff.transpose(1, 2);
-  const auto factor = grad.to(diff.scalar_type()) * (2.0 * scale);
-  if (is_channels_last(feats)) {
-    // (B x HW x C) . S, S symmetric: the result is already in channels_last order.
-    const auto f_t = feats.permute({0, 2, 3, 1}).reshape({b, h * w, c}).to(diff.scalar_type());
-    auto out = at::bmm(f_t, sym).mul_(factor);
-    return out.view({b, h, w, c}).permute({0, 3, 1, 2}).to(feats.scalar_type());
+  // formulas. Symmetrizing costs a C x C add and keeps the gradient right for any target; the scalar
+  // factor is folded into that C x C matrix rather than applied to the C x HW result.
+  const auto sym = (diff + diff.transpose(1, 2)).mul_(grad.to(diff.scalar_type()) * (2.0 * scale));
+  const bool cl = is_channels_last(feats);
+  // Positions x channels (channels_last) or channels x positions: a view in both layouts.
+  const auto f = cl ? feats.permute({0, 2, 3, 1}).reshape({b, h * w, c}) : feats.reshape({b, c, h * w});
+  if (feats.scalar_type() == diff.scalar_type()) {
+    const auto out = cl ? at::bmm(f, sym) : at::bmm(sym, f);  // S symmetric: (F^T S)^T = S F
+    return cl ? out.view({b, h, w, c}).permute({0, 3, 1, 2}) : out.view({b, c, h, w});
   }
-  auto out = at::bmm(sym, flat(feats)).mul_(factor);
-  return out.view({b, c, h, w}).to(feats.scalar_type());
+  // bf16/fp16: converted a cache-sized chunk of positions at a time and written straight into the
+  // output in F's dtype, so that no float32 copy of F or of the result is ever made in memory (the
+  // whole-map conversions took 10 bytes per element at the peak and twice float32's time;
+  // benchmarks/NOTES.md §8).
+  const auto out = at::empty({b, c, h, w}, feats.options().memory_format(
+                                                 cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  const auto o = cl ? out.permute({0, 2, 3, 1}).view({b, h * w, c}) : out.view({b, c, h * w});
+  const int64_t hw = h * w, positions = cl ? 0 : 1, chunk = std::max<int64_t>(256, kChunkBytes / (4 * c));
+  for (int64_t i = 0; i < b; ++i) {
+    const auto s_i = sym[i];
+    for (int64_t k = 0; k < hw; k += chunk) {
+      const int64_t n = std::min(chunk, hw - k);
+      const auto part = f[i].narrow(positions, k, n).to(diff.scalar_type());
+      o[i].narrow(positions, k, n).copy_(cl ? at::mm(part, s_i) : at::mm(s_i, part));
+    }
+  }
+  return out;
 }
 
 // Autocast: the operators take bf16/fp16 features as they come and accumulate in float32 themselves,

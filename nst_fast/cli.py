@@ -197,11 +197,12 @@ def _stylize_one(stylizer, content, output: Path, args: argparse.Namespace, say)
     estimate = stylizer.memory_estimate(content)
     say(f"{name}: estimated peak memory {estimate}")
     free = available_bytes(stylizer.device)
-    if free is not None and estimate.total > free:
+    if free is not None and _beyond_the_loaded_content(estimate) > free:
         from .errors import NstError
 
         raise NstError(
-            f"this run needs about {estimate.total / 2**30:.1f} GiB but {free / 2**30:.1f} GiB is free on "
+            f"this run needs about {_beyond_the_loaded_content(estimate) / 2**30:.1f} GiB more but "
+            f"{free / 2**30:.1f} GiB is free on "
             f"{stylizer.device}; {_what_fits(stylizer, content, free)}"
         )
     save_args = {"bit_depth": args.bit_depth, **({} if args.quality is None else {"quality": args.quality})}
@@ -219,12 +220,17 @@ def _stylize_one(stylizer, content, output: Path, args: argparse.Namespace, say)
     say(f"wrote {output} ({result.shape[-1]}×{result.shape[-2]}) in {time.perf_counter() - start:.1f} s")
 
 
+def _beyond_the_loaded_content(estimate) -> int:
+    """Bytes a run needs besides the content image, which is loaded (and counted as used) already."""
+    return estimate.total - estimate.source
+
+
 def _what_fits(stylizer, content, free: int) -> str:
     """The single changes of options that would fit in ``free`` bytes, by the estimate: a sentence."""
     opts = stylizer.options
 
     def fits(**change) -> bool:
-        return stylizer.memory_estimate(content, **change).total <= free
+        return _beyond_the_loaded_content(stylizer.memory_estimate(content, **change)) <= free
 
     found = []
     if opts.backend == "torch" and opts.checkpoint != "on" and fits(checkpoint="on"):

@@ -15,7 +15,10 @@ semantics as :func:`nst_fast.reference.optimize`. What differs is how an iterati
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
+import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -141,6 +144,8 @@ class _Evaluator:
         self.model, self.loss_fn, self.image, self.precision = model, loss_fn, image, precision
         self.scale = self.FP16_LOSS_SCALE if precision.autocast_dtype == torch.float16 else None
         self.checkpoint = checkpoint
+        if checkpoint:  # torch.utils.checkpoint imports torch._dynamo on its first call
+            import_off_the_stack("torch._dynamo")
         # A CUDA graph must not capture autocast's weight cache (it is freed when autocast exits).
         self.autocast_cache = autocast_cache
         self.network = compiled(model) if compile and not checkpoint else model
@@ -165,11 +170,26 @@ class _Evaluator:
         return loss.detach(), {k: v.detach() for k, v in terms.items()}, grad
 
 
+def import_off_the_stack(name: str) -> None:
+    """Import module ``name`` in a thread of its own, where none of our frames is on the stack.
+
+    Importing torch._dynamo leaves reference cycles through the frames on the stack at the time, and
+    with them every tensor those frames hold when they return: imported from inside the first
+    checkpointed step (as torch.utils.checkpoint does), that was the run's optimizer state and image,
+    121 MiB at 256 px and growing with the image, held until a full garbage collection.
+    """
+    if name not in sys.modules:
+        thread = threading.Thread(target=importlib.import_module, args=(name,), name=f"import {name}")
+        thread.start()
+        thread.join()
+
+
 def compiled(model: VGG19):
     """``torch.compile(model)``, once per model: the network is what compiles, not the loss, whose
     targets and weights change with every image and tile and would each force a recompilation. A new
     image size recompiles, after which the changed dimension is dynamic."""
     if "_nst_compiled" not in model.__dict__:
+        import_off_the_stack("torch._dynamo")
         # Kept on the model (not in a registry, which would keep every model alive), and set past
         # nn.Module.__setattr__ so that it is no submodule.
         object.__setattr__(model, "_nst_compiled", torch.compile(model))
@@ -206,7 +226,7 @@ def memory_estimate(options: Options, model: VGG19, image: torch.Tensor, precisi
     copies = options.impl == "ref" or not _use_ext("auto", image)
     return estimate(model.layers, image.shape[-2], image.shape[-1], activation_bytes, checkpoint,
                     options.optimizer, history, image.shape[0], float32_loss_copies=copies,
-                    pooling=options.pooling)  # fmt: skip
+                    pooling=options.pooling, reordered_weights=image.device.type == "cpu")  # fmt: skip
 
 
 def optimize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 from pathlib import Path
 
@@ -130,9 +131,15 @@ def _check_tensor(image: torch.Tensor) -> torch.Tensor:
         raise ImageError(f"an image tensor must be 3×H×W or 1×3×H×W RGB, got shape {tuple(image.shape)}")
     if not image.is_floating_point():
         raise ImageError(f"an image tensor must be floating point in [0, 1], got {image.dtype}")
-    if not torch.isfinite(image).all():
+    if image.numel() == 0:
+        raise ImageError(f"the image tensor is empty, shape {tuple(image.shape)}")
+    lo, hi = (v.item() for v in torch.aminmax(image.detach()))  # NaN propagates to both, ±inf shows
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ImageError("the image tensor holds NaN or infinite values")
-    return image.detach().float().cpu().clamp(0, 1)
+    image = image.detach()
+    if image.dtype == torch.float32 and image.device.type == "cpu" and lo >= 0 and hi <= 1:
+        return image  # not copied: at print resolution a float32 copy is hundreds of MB; never written to
+    return image.float().cpu().clamp(0, 1)
 
 
 def longest_side_shape(height: int, width: int, size: int) -> tuple[int, int]:

@@ -1,10 +1,12 @@
 """How much memory an optimization needs, estimated from the network's layer shapes before running.
 
-The estimate adds what one iteration holds at its peak: the network's weights (and, under autocast,
-their low-precision copies); the activations autograd keeps for the backward pass (with block
-checkpointing: each block's input, the requested activations, and one block recomputed at a time);
-the gradient buffers of the backward pass; the image, its gradient, the best iterate and the
-optimizer's state.
+The estimate adds what one iteration holds at its peak: the network's weights (under autocast, with
+their low-precision copies; on a CPU, with oneDNN's reordered copies); the activations autograd keeps
+for the backward pass (with block checkpointing: each block's input, the requested activations, and
+one block recomputed at a time); the gradients of the requested activations, which the backward pass
+holds at once, and the chain's own; the image, its gradient, the best iterate and the optimizer's
+state. Checked against the allocator's peak on a CPU at 256-512 px, and against the peak resident set
+up to 2048 px, in benchmarks/NOTES.md §4 and tests/test_engine.py.
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ from .weights import CONV_CHANNELS, conv_shape
 class MemoryEstimate:
     """Bytes at the peak of one iteration, by what holds them."""
 
-    weights: int  # the network's float32 weights and, under autocast, their low-precision copies
+    weights: int  # the network's float32 weights, their low-precision copies, oneDNN's reordered copies
     kept: int  # tensors autograd keeps from the forward pass for the backward pass
     recomputed: int  # with checkpointing: one block's activations, recomputed during the backward pass
     backward: int  # gradient buffers alive at once during the backward pass
     optimizer: int  # the image, its gradient, the best iterate and the optimizer's state
     canvas: int = 0  # when tiled: the whole image, its content image and a band of tiles, at full size
+    source: int = 0  # on a CPU: the content image as loaded, at its own resolution, kept for every scale
 
-    PARTS = ("weights", "kept", "recomputed", "backward", "optimizer", "canvas")
+    PARTS = ("weights", "kept", "recomputed", "backward", "optimizer", "canvas", "source")
 
     @property
     def total(self) -> int:
@@ -38,7 +41,8 @@ class MemoryEstimate:
 
     def __str__(self) -> str:
         gib = 2**30
-        parts = ", ".join(f"{k} {getattr(self, k) / gib:.2f}" for k in self.PARTS if k != "canvas" or self.canvas)
+        parts = ", ".join(f"{k} {getattr(self, k) / gib:.2f}" for k in self.PARTS if getattr(self, k) or k not in
+                          ("canvas", "source"))  # fmt: skip
         return f"{self.total / gib:.2f} GiB ({parts})"
 
 
@@ -65,17 +69,21 @@ def estimate(
     batch: int = 1,
     float32_loss_copies: bool = True,
     pooling: str = "avg",
+    reordered_weights: bool = False,
 ) -> MemoryEstimate:
     """Peak memory of one iteration at ``height``×``width`` with activations of ``activation_bytes``.
 
     ``float32_loss_copies``: the loss keeps float32 copies of low-precision activations (the reference
-    operators do; the extension's read them as they are).
+    operators do; the extension's read them as they are). ``reordered_weights``: the convolutions keep
+    a second copy of the weights (oneDNN, on a CPU, in its blocked layout: measured as one float32 copy
+    of the deep layers' weights alive through the backward pass).
     """
     last = max(layers, key=LAYER_NAMES.index)
     shapes = _layer_shapes(last, height, width)
     numel = {name: batch * c * h * w for name, c, h, w in shapes}
     params = sum(o * i * 9 + o for o, i, _, _ in (conv_shape(n) for n, *_ in shapes if n.startswith("conv")))
     weights = params * 4 + (params * activation_bytes if activation_bytes < 4 else 0)
+    weights += params * 4 if reordered_weights else 0
     # Distinct tensors autograd keeps: the network's input, each convolution's output (its ReLU runs in
     # place, unless the convolution's own output is requested), each pooling's output; and, for
     # low-precision activations, the float32 copies of the requested ones that the loss computes with.
@@ -88,6 +96,16 @@ def estimate(
 
     input_bytes = batch * 3 * height * width * activation_bytes
     names = [name for name, *_ in shapes]
+    # The backward pass starts from the loss terms, and autograd runs all of them before the network's
+    # chain: the gradients of the requested activations are alive at once (float32 where the loss
+    # computes in float32 copies), and the chain then holds about two activation-sized gradients. With
+    # checkpointing, a block's terms are recomputed and differentiated with the block, so only one
+    # block's requested activations have gradients at a time.
+    grad_bytes = 4 if activation_bytes < 4 and float32_loss_copies else activation_bytes
+
+    def requested(names) -> int:
+        return sum(numel[n] for n in names if n in layers)
+
     if checkpoint:
         blocks: list[list[str]] = []
         for name in names:
@@ -96,11 +114,10 @@ def estimate(
             blocks[-1].append(name)
         kept = input_bytes + sum(numel[b[-1]] for b in blocks[:-1]) * activation_bytes
         recomputed = max(kept_by(b) for b in blocks)
+        grads = max(requested(b) for b in blocks)
     else:
-        kept, recomputed = input_bytes + kept_by(names), 0
-    # The backward pass holds about two activation-sized gradients at a time (float32 where the loss
-    # computes in float32 copies).
-    backward = 2 * max(numel.values()) * (4 if float32_loss_copies else activation_bytes)
+        kept, recomputed, grads = input_bytes + kept_by(names), 0, requested(names)
+    backward = (grads + 2 * max(numel.values())) * grad_bytes
     image = batch * 3 * height * width * 4
     state = 2 * history + 3 if optimizer == "lbfgs" else 3  # L-BFGS: pairs, last x and g, direction
     return MemoryEstimate(weights, kept, recomputed, backward, image * (state + 3))  # + x, its grad, the best x

@@ -157,7 +157,8 @@ class Stylizer:
     def memory_estimate(self, content, **overrides):
         """The estimated peak memory of stylizing ``content`` (see :mod:`nst_fast.memory`): that of the
         scale whose piece optimized at once — the whole image, or one tile — needs most. ``overrides``
-        are Options fields to estimate with instead (``tile=1024``, ``checkpoint="on"``, ...)."""
+        are Options fields to estimate with instead (``tile=1024``, ``checkpoint="on"``, ...). On a CPU
+        it includes the content image at its own resolution (``source``), which the run keeps."""
         from .engine import memory_estimate, resolve_precision, use_checkpointing
 
         opts = self.options.replace(**overrides)
@@ -173,6 +174,8 @@ class Stylizer:
             if (first.height, first.width) != (height, width):  # the canvas, content, a band and its preview
                 estimate = dataclasses.replace(estimate, canvas=(2 * height + 2 * first.height) * width * 3 * 4)
             peak = estimate if peak is None or estimate.total > peak.total else peak
+        if self.device.type == "cpu":  # on a GPU the source stays in host memory
+            peak = dataclasses.replace(peak, source=image.numel() * image.element_size())
         return peak
 
     def stylize_tensor(self, content, callback: Callback | None = None) -> torch.Tensor:

@@ -69,22 +69,28 @@ def test_ext_gram_matches_reference_and_float64(shape, dtype, channels_last, dev
 
 @needs_ext
 @pytest.mark.parametrize("shape", [(2, 512, 5, 7), (1, 301, 4, 4), (2, 64, 100, 101), (1, 256, 33, 31), (2, 65, 9, 9),
-                                   (1, 129, 6, 5)])  # fmt: skip
+                                   (1, 129, 6, 5), (2, 256, 50, 47)])  # fmt: skip
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_cpu_gram_blocks_and_chunks(shape, dtype, channels_last):
     """C ≥ 64 is computed in row blocks above the diagonal and mirrored (C = 65, 129, 301: a shorter
-    last block); a bf16/fp16 map larger than one conversion chunk (100×101 positions) is accumulated
-    chunk by chunk."""
-    x = feats(shape, dtype, channels_last)
+    last block); a bf16/fp16 map larger than one conversion chunk (100×101 positions at C = 64, 50×47
+    at C = 256) is accumulated, and its gradient written, chunk by chunk, the last chunk a shorter one."""
+    x = feats(shape, dtype, channels_last).requires_grad_()
     scale = 1.0 / (shape[2] * shape[3])
-    f = x.double().reshape(shape[0], shape[1], -1)
+    x64 = x.detach().double().requires_grad_()
+    f = x64.reshape(shape[0], shape[1], -1)
     expected = scale * f @ f.transpose(1, 2)
     rtol = 1e-12 if dtype == torch.float64 else 1e-5
-    assert_close(ops.gram(x, scale, impl="ext"), expected, rtol)
-    a = target_for(x, symmetric=False).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_close(ops.gram(x.detach(), scale, impl="ext"), expected.detach(), rtol)
+    a = target_for(x.detach(), symmetric=False).to(torch.float64 if dtype == torch.float64 else torch.float32)
     loss = ops.style_loss(x, a, scale, impl="ext")
-    assert_close(loss, ((expected - a.double()) ** 2).sum(), 1e-4 if dtype != torch.float64 else 1e-10)
+    expected_loss = ((expected - a.double()) ** 2).sum()
+    assert_close(loss, expected_loss, 1e-4 if dtype != torch.float64 else 1e-10)
+    (grad,), (expected_grad,) = torch.autograd.grad(loss, x), torch.autograd.grad(expected_loss, x64)
+    assert grad.dtype == dtype
+    assert grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert_close(grad, expected_grad, 1e-10 if dtype == torch.float64 else 1e-4 if dtype == torch.float32 else 2e-2)
 
 
 @needs_ext

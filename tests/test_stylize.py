@@ -75,6 +75,19 @@ def test_callback_receives_each_iterate():
     assert seen[-1].image.shape == (1, 3, 27, 32) and seen[-1].to_pil().size == (32, 27)
 
 
+@pytest.mark.parametrize("options", [dict(init="content"), dict(init="content+noise", preserve_colors=True),
+                                     dict(size=48, tile=32), dict(backend="reference", size=48, pyramid_start=24)],
+                         ids=["content", "noise+colors", "tiled", "pyramid"])  # fmt: skip
+def test_content_tensor_is_used_without_a_copy_and_left_unchanged(options):
+    """A clean float32 content tensor is read in place (at print resolution a copy costs hundreds of MB),
+    so no path of a run may write to it."""
+    content, style = torch.rand(1, 3, 40, 48), torch.rand(3, 32, 32)
+    before = content.clone()
+    assert load_image(content).data_ptr() == content.data_ptr()
+    out = Stylizer(style, **{"steps": 4, "size": 48, **options}).stylize_tensor(content)
+    assert torch.equal(content, before) and not torch.equal(out, content)
+
+
 def test_seed_makes_runs_reproducible():
     c, s = torch.rand(3, 32, 32), torch.rand(3, 32, 32)
     kw = dict(steps=4, size=32, init="content+noise")
