@@ -13,8 +13,8 @@
 #     (CUDA graphs against eager steps);
 #  3. runs compute-sanitizer (memcheck, racecheck) over the kernels on small shapes;
 #  4. counts tensor-core instructions (HMMA) per kernel in the SASS;
-#  5. benchmarks the operator and one iteration per backend, precision and graph mode, and the
-#     time-to-quality run, into $OUT (copy them to benchmarks/results/ here, then run report.py).
+#  5. benchmarks the operator and one iteration per backend, precision and graph mode, compares the
+#     memory estimate with the CUDA allocator's peak up to 4096 px, and runs time-to-quality, into $OUT (copy them to benchmarks/results/ here, then run report.py).
 #
 # Each step's output goes to $OUT/gpu-session.log; a failing step is reported and the next one runs.
 set -uo pipefail
@@ -59,6 +59,8 @@ step "iteration benchmark" timeout 240 python3 -m nst_fast.cli bench --device cu
   --json "$OUT/gpu-iterations.json"
 step "whole loop per graph mode" timeout 300 python3 benchmarks/loops.py --device cuda --sizes 512,2048 \
   --precisions bf16,fp16 --graphs eager,cuda,compile --steps 20 --rounds 2 --out "$OUT/gpu-loops.json"
+step "memory estimate against the allocator" timeout 240 python3 benchmarks/memory.py --device cuda \
+  --sizes 1024,2048,4096 --precisions bf16,fp16 --checkpoint off,on --out "$OUT/gpu-memory.json"
 step "time to quality" env NST_FAST_BENCH_SIZES=512 timeout 180 python3 -m pytest benchmarks/test_quality.py -q \
   --benchmark-enable --benchmark-only --benchmark-json="$OUT/pytest-benchmark-quality-gpu.json"
 echo "== done"

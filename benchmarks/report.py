@@ -4,7 +4,8 @@
 
 Three kinds of JSON live in results/: `nst-fast bench --json` files (per-iteration time and memory per
 backend, precision and size), pytest-benchmark files (`make bench`: also the operator and the
-time-to-quality suites), and `benchmarks/loops.py` files (the whole loop per --graph mode).
+time-to-quality suites), `benchmarks/loops.py` files (the whole loop per --graph mode) and
+`benchmarks/memory.py` files (the memory estimate against the allocator's peak).
 """
 
 from __future__ import annotations
@@ -49,6 +50,19 @@ def loop_tables(path: Path, data: dict) -> list[str]:
         first = f"{r['first_run_s']:.1f}" if "first_run_s" in r else "–"
         lines.append(f"| {r['size']} | {r['precision']} | {r['graph']} | {r['device']} | {r['steps']} | "
                      f"{r['ms_per_iteration_median']:.1f} | {ratio} | {first} |")  # fmt: skip
+    return lines + [""]
+
+
+def memory_tables(path: Path, data: dict) -> list[str]:
+    lines = [f"### `{path.name}` — `benchmarks/memory.py`", "", f"Machine: {machine_line(data['machine'])}.", "",
+             "The memory estimate of a run at one scale against the allocator's peak during it, both beyond "
+             "the weights (and on a CPU the content image) loaded before it:", "",
+             "| size | image | precision | checkpoint | device | estimate (MiB) | allocator peak (MiB) | estimate ÷ peak |",
+             "| ---: | ---: | --- | --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+    for r in data["memory"]:
+        lines.append(f"| {r['size']} | {r['image'][3]}×{r['image'][2]} | {r['precision']} | {r['checkpoint']} | "
+                     f"{r['device']} | {r['estimate_bytes'] / 2**20:.0f} | {r['peak_bytes'] / 2**20:.0f} | "
+                     f"{r['estimate_over_peak']:.2f} |")  # fmt: skip
     return lines + [""]
 
 
@@ -105,6 +119,8 @@ def main() -> None:
         data = json.loads(path.read_text())
         if "loops" in data:
             lines += loop_tables(path, data)
+        elif "memory" in data:
+            lines += memory_tables(path, data)
         else:
             lines += bench_tables(path, data) if "results" in data else pytest_benchmark_tables(path, data)
     text = README.read_text()

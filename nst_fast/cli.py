@@ -197,11 +197,11 @@ def _stylize_one(stylizer, content, output: Path, args: argparse.Namespace, say)
     estimate = stylizer.memory_estimate(content)
     say(f"{name}: estimated peak memory {estimate}")
     free = available_bytes(stylizer.device)
-    if free is not None and _beyond_the_loaded_content(estimate) > free:
+    if free is not None and _beyond_what_is_loaded(stylizer, estimate) > free:
         from .errors import NstError
 
         raise NstError(
-            f"this run needs about {_beyond_the_loaded_content(estimate) / 2**30:.1f} GiB more but "
+            f"this run needs about {_beyond_what_is_loaded(stylizer, estimate) / 2**30:.1f} GiB more but "
             f"{free / 2**30:.1f} GiB is free on "
             f"{stylizer.device}; {_what_fits(stylizer, content, free)}"
         )
@@ -220,9 +220,10 @@ def _stylize_one(stylizer, content, output: Path, args: argparse.Namespace, say)
     say(f"wrote {output} ({result.shape[-1]}×{result.shape[-2]}) in {time.perf_counter() - start:.1f} s")
 
 
-def _beyond_the_loaded_content(estimate) -> int:
-    """Bytes a run needs besides the content image, which is loaded (and counted as used) already."""
-    return estimate.total - estimate.source
+def _beyond_what_is_loaded(stylizer, estimate) -> int:
+    """Bytes a run needs besides the content image and the network's weights, which are loaded (and
+    counted as used) already."""
+    return estimate.total - estimate.source - stylizer.model_bytes
 
 
 def _what_fits(stylizer, content, free: int) -> str:
@@ -230,7 +231,7 @@ def _what_fits(stylizer, content, free: int) -> str:
     opts = stylizer.options
 
     def fits(**change) -> bool:
-        return _beyond_the_loaded_content(stylizer.memory_estimate(content, **change)) <= free
+        return _beyond_what_is_loaded(stylizer, stylizer.memory_estimate(content, **change)) <= free
 
     found = []
     if opts.backend == "torch" and opts.checkpoint != "on" and fits(checkpoint="on"):

@@ -176,12 +176,25 @@ def import_off_the_stack(name: str) -> None:
     Importing torch._dynamo leaves reference cycles through the frames on the stack at the time, and
     with them every tensor those frames hold when they return: imported from inside the first
     checkpointed step (as torch.utils.checkpoint does), that was the run's optimizer state and image,
-    121 MiB at 256 px and growing with the image, held until a full garbage collection.
+    121 MiB at 256 px and growing with the image, held until a full garbage collection. (torch.optim's
+    optimizers import it too.) Not to be called while importing a module that the import needs: the
+    thread would wait for that import's lock.
     """
-    if name not in sys.modules:
-        thread = threading.Thread(target=importlib.import_module, args=(name,), name=f"import {name}")
-        thread.start()
-        thread.join()
+    if name in sys.modules:
+        return
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            importlib.import_module(name)
+        except BaseException as e:  # raised in the caller's thread below
+            failed.append(e)
+
+    thread = threading.Thread(target=run, name=f"import {name}")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
 
 
 def compiled(model: VGG19):
@@ -212,7 +225,8 @@ def use_checkpointing(options: Options, model: VGG19, image: torch.Tensor, preci
     """``checkpoint`` "on"/"off" as given; "auto": on when the estimate without it exceeds free memory."""
     if options.checkpoint != "auto":
         return options.checkpoint == "on"
-    need = memory_estimate(options, model, image, precision, checkpoint=False).total
+    loaded = sum(p.numel() * p.element_size() for p in model.parameters())  # counted as used already
+    need = memory_estimate(options, model, image, precision, checkpoint=False).total - loaded
     free = available_bytes(image.device)
     return free is not None and need > free
 

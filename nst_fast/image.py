@@ -17,14 +17,16 @@ from .atomic import atomic_save
 from .errors import ImageError
 
 
-def load_image(source, max_pixels: int | None = None) -> torch.Tensor:
+def load_image(source, max_pixels: int | None = None, copy: bool = True) -> torch.Tensor:
     """A path, PIL image or tensor → 1×3×H×W float32 RGB in [0, 1] on the CPU.
 
     EXIF orientation is applied. Tensors may be 3×H×W or 1×3×H×W, floating point in [0, 1]. Files
-    above ``max_pixels`` (default :data:`MAX_PIXELS`) are refused before they are decoded.
+    above ``max_pixels`` (default :data:`MAX_PIXELS`) are refused before they are decoded. ``copy=False``
+    returns a tensor that is float32 on the CPU and in [0, 1] already as it is (a view of it), for
+    callers that only read it: at print resolution a float32 copy is hundreds of MB.
     """
     if isinstance(source, torch.Tensor):
-        return _check_tensor(source)
+        return _check_tensor(source, copy)
     if isinstance(source, Image.Image):
         return pil_to_tensor(source)
     if isinstance(source, (str, os.PathLike)):
@@ -124,7 +126,7 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array, "RGB")
 
 
-def _check_tensor(image: torch.Tensor) -> torch.Tensor:
+def _check_tensor(image: torch.Tensor, copy: bool = True) -> torch.Tensor:
     if image.dim() == 3:
         image = image.unsqueeze(0)
     if image.dim() != 4 or image.shape[:2] != (1, 3):
@@ -137,8 +139,8 @@ def _check_tensor(image: torch.Tensor) -> torch.Tensor:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ImageError("the image tensor holds NaN or infinite values")
     image = image.detach()
-    if image.dtype == torch.float32 and image.device.type == "cpu" and lo >= 0 and hi <= 1:
-        return image  # not copied: at print resolution a float32 copy is hundreds of MB; never written to
+    if not copy and image.dtype == torch.float32 and image.device.type == "cpu" and lo >= 0 and hi <= 1:
+        return image
     return image.float().cpu().clamp(0, 1)
 
 

@@ -1,12 +1,13 @@
 """L-BFGS that lives on the device: fixed history, no host synchronisation.
 
 It follows ``torch.optim.LBFGS`` without line search — the first step is scaled by min(1, 1/‖g‖₁),
-later steps have length ``lr`` along the two-loop direction, H₀ = sᵀy / yᵀy — with two differences.
+later steps have length ``lr`` along the two-loop direction, H₀ = sᵀy / yᵀy — with three differences.
 Where torch skips a curvature pair whose sᵀy ≤ 1e-10 (a data-dependent branch, so a host sync), this
-version stores it with ρ = 0, which removes it from the two-loop recursion. And s is the step the
-parameter actually took between two evaluations, not the step the optimizer proposed: the two differ
-where the image is clamped to [0, 1] after an update, and a pair (s, y) whose s was not taken describes
-a curvature the function does not have. At 256 px this removed the loss spikes late in a run (the
+version stores it with ρ = 0, which removes it from the two-loop recursion; it also skips pairs whose
+s and y are nearly orthogonal, which after a tiny step in low precision are noise. And s is the step
+the parameter actually took between two evaluations, not the step the optimizer proposed: the two
+differ where the image is clamped to [0, 1] after an update, and a pair (s, y) whose s was not taken
+describes a curvature the function does not have. At 256 px this removed the loss spikes late in a run (the
 loss after 300 iterations in bf16: 1.191 against 1.270 with the proposed step; benchmarks/NOTES.md §5).
 
 Which slots hold the newest pairs is known on the host (it only depends on the step count), so every
@@ -43,6 +44,16 @@ class DeviceLBFGS:
         self.prev_param = torch.zeros(n, **opts)
         self.k = 0  # iterations taken: a host integer, never read from the device
 
+    def _curvature_is_real(self, ys: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Whether a pair (s, y) measures curvature rather than noise: sᵀy > 0, and s and y not nearly
+        orthogonal. After a tiny step, y is the difference of two gradients that differ by less than
+        their rounding (a bf16 network's gradients carry ~0.4% noise), so y is noise, nearly
+        orthogonal to s (cos ~ 1/√n), and sᵀy is as likely positive as not. Accepted, such a pair has
+        ρ = 1/sᵀy of 10⁷ or more and sends the next step far off: after the first step at 256 px, a
+        loss of 837 from 10.7 (benchmarks/NOTES.md §9). Pairs of real steps had cos ≥ 0.078 there."""
+        cos_min = max(1e-2, 3.0 / self.param.numel() ** 0.5)  # 1e-2, or 3σ of a random cosine
+        return (ys > 1e-10) & (ys > cos_min * torch.linalg.vector_norm(s) * torch.linalg.vector_norm(y))
+
     @torch.no_grad()
     def step(self, grad: torch.Tensor) -> None:
         """One L-BFGS update of ``param`` from its gradient ``grad`` (same shape), evaluated at ``param``'s
@@ -57,7 +68,7 @@ class DeviceLBFGS:
             y = g - self.prev_grad
             s = x - self.prev_param  # the step actually taken
             ys = torch.dot(y, s)
-            accept = ys > 1e-10
+            accept = self._curvature_is_real(ys, s, y)
             self.s[slot] = s
             self.y[slot] = y
             self.rho[slot] = torch.where(accept, ys.reciprocal(), torch.zeros_like(ys))
@@ -116,7 +127,7 @@ class CompactLBFGS(DeviceLBFGS):
         y = g - self.prev_grad
         s = x - self.prev_param
         ys = torch.dot(y, s)
-        accept = ys > 1e-10
+        accept = self._curvature_is_real(ys, s, y)
         s = torch.where(accept, s, torch.zeros_like(s))
         y = torch.where(accept, y, torch.zeros_like(y))
         self.h_diag.copy_(torch.where(accept, ys / torch.dot(y, y).clamp_min(1e-30), self.h_diag))  # in place: captured

@@ -105,7 +105,7 @@ class Stylizer:
         _check_impl(opts.impl, self.device)
         weights = load_weights(opts.weights, opts.weights_preprocessing)
         self.model = VGG19(opts.layers, weights, opts.pooling).to(self.device)
-        originals = [load_image(s, opts.max_pixels) for s in styles]
+        originals = [load_image(s, opts.max_pixels, copy=False) for s in styles]
         # Style targets once per pyramid scale, for every content image this stylizer will see.
         self.style_targets_by_size = {}
         for size in opts.scales():
@@ -125,6 +125,11 @@ class Stylizer:
         return image.to(self.device)
 
     @property
+    def model_bytes(self) -> int:
+        """Bytes of the network's weights, loaded on the device."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    @property
     def precision(self):
         """The :class:`nst_fast.engine.Precision` the torch backend runs in here (fp32 for the others)."""
         from .engine import resolve_precision
@@ -138,7 +143,7 @@ class Stylizer:
     def plan(self, content) -> list[tuple[int, list[Tile]]]:
         """The run's scales, coarsest first, each with its tiles (one covering the image when it is
         not tiled), for ``content`` (a path, PIL image or tensor)."""
-        original = load_image(content, self.options.max_pixels)
+        original = load_image(content, self.options.max_pixels, copy=False)
         steps = []
         for size in self.options.scales():
             steps.append((size, self._tiles(*longest_side_shape(*original.shape[-2:], size))))
@@ -162,7 +167,7 @@ class Stylizer:
         from .engine import memory_estimate, resolve_precision, use_checkpointing
 
         opts = self.options.replace(**overrides)
-        image = load_image(content, opts.max_pixels)
+        image = load_image(content, opts.max_pixels, copy=False)
         precision = resolve_precision(opts.precision if opts.backend == "torch" else "fp32", self.device)
         peak = None
         for size in opts.scales():
@@ -186,7 +191,13 @@ class Stylizer:
         than ``tile`` is optimized tile by tile (:mod:`nst_fast.tiling`).
         """
         opts = self.options
-        original = load_image(content, opts.max_pixels)
+        if opts.backend != "torch" or opts.optimizer == "adam":
+            # torch.optim imports torch._dynamo on first use, from inside the run; imported first, off
+            # the stack, it leaves none of the run's tensors in reference cycles (see that function).
+            from .engine import import_off_the_stack
+
+            import_off_the_stack("torch._dynamo")
+        original = load_image(content, opts.max_pixels, copy=False)  # only read
         total = self.total_steps(original)
         optimize = loop(opts.backend)
         image = None

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import json
-
 import pytest
 import torch
 
@@ -90,6 +87,37 @@ def test_compact_lbfgs_equals_the_two_loop_recursion(n, history, steps):
         traces.append(trace)
     assert traces[0][-1] < traces[0][0] - 1
     assert traces[1] == pytest.approx(traces[0], rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["DeviceLBFGS", "CompactLBFGS"])
+def test_lbfgs_skips_a_pair_whose_y_is_noise(kind):
+    """After a tiny first step, a bf16 network's gradient difference y is rounding noise: nearly
+    orthogonal to s, with sᵀy of either sign. Such a pair, accepted because sᵀy > 0 by chance, had
+    ρ = 1/sᵀy of ~10⁷ and sent the next step to a loss 80× the start (benchmarks/NOTES.md §9); it must
+    be skipped, and a pair of real curvature (a quadratic's) kept."""
+    import nst_fast.lbfgs as lbfgs
+
+    torch.manual_seed(0)
+    n = 100_000
+    g1 = torch.randn(n)
+    x = torch.zeros(n)
+    opt = getattr(lbfgs, kind)(x, lr=1.0, history=5)
+    opt.step(g1)  # the first step: -g scaled by 1/‖g‖₁, tiny
+    s = x.clone()
+    noise = torch.randn(n) * 0.03 * g1.norm() / n**0.5
+    noise += (1e-8 - noise @ s) / (s @ s) * s  # sᵀy small and positive, as by chance: 1e-8 > 1e-10
+    before = x.clone()
+    opt.step(g1 + noise)
+    # Skipped, the step is -g (H₀ = I); used, it is hundreds of times longer.
+    assert (x - before).abs().max() < 2 * g1.abs().max(), "a noise pair was used"
+    # A quadratic with Hessian 2I: y = 2s exactly, cos(s, y) = 1.
+    y = torch.randn(n)
+    x.zero_()
+    opt = getattr(lbfgs, kind)(x, lr=1.0, history=5)
+    opt.step(y)
+    s = x.clone()
+    opt.step(y + 2 * s)
+    assert opt.h_diag.item() == pytest.approx(0.5, rel=1e-4)  # sᵀy / yᵀy of the kept pair
 
 
 def _judged(stylizer, content, image):
@@ -225,47 +253,19 @@ def test_memory_estimate_counts_what_autograd_keeps(size, pooling):
     assert small.kept < e.kept / 5 and small.total < e.total
 
 
-def cpu_allocator_peak(fn, trace_path) -> int:
-    """The most bytes that allocations made during ``fn()`` held at once in the torch CPU allocator, from
-    the profiler's memory events (a process's resident set would add the C allocator's caching and the
-    interpreter's own; the allocator's running total would count frees of older tensors against it)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    gc.collect()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    prof.export_chrome_trace(str(trace_path))
-    events = [e for e in json.loads(trace_path.read_text())["traceEvents"] if e.get("name") == "[memory]"]
-    live, held, peak = {}, 0, 0
-    for e in sorted(events, key=lambda e: e["ts"]):
-        a = e["args"]
-        if a.get("Device Type", 0) != 0:  # not the CPU's
-            continue
-        if a["Bytes"] > 0:
-            live[a["Addr"]] = a["Bytes"]
-            held += a["Bytes"]
-            peak = max(peak, held)
-        elif a["Addr"] in live:
-            held -= live.pop(a["Addr"])
-    return peak
-
-
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 @pytest.mark.parametrize("checkpoint", ["off", "on"])
-def test_memory_estimate_against_the_allocators_peak(precision, checkpoint, tmp_path):
+def test_memory_estimate_against_the_allocators_peak(precision, checkpoint):
     """The whole estimate against what a run at 256 px really allocates on this CPU: it decides
     checkpointing and what the CLI says fits, so it must neither fall short nor overshoot by much.
     (Before the backward pass's gradients and oneDNN's weight copies were counted it fell 14-29% short.)"""
+    from nst_fast.bench import measure_memory
+
     if precision == "bf16" and not cpu_supports_bf16():
         pytest.skip("this CPU has no native bf16 (the run would be slow, not different)")
-    content = torch.rand(1, 3, 192, 256)
-    stylizer = Stylizer(torch.rand(3, 256, 256), size=256, steps=4, precision=precision, checkpoint=checkpoint)
-    estimate = stylizer.memory_estimate(content)
-    # Already held before the run: the float32 weights and the content tensor, which the run reads in place.
-    # (The first run, as the CLI's: a second would find oneDNN's weight copies made already.)
-    held = sum(p.numel() * 4 for p in stylizer.model.parameters()) + estimate.source
-    peak = cpu_allocator_peak(lambda: stylizer.stylize_tensor(content), tmp_path / "trace.json")
-    assert 0.8 <= peak / (estimate.total - held) <= 1.1, (peak / 2**20, estimate)
+    images = torch.rand(1, 3, 192, 256), torch.rand(1, 3, 256, 256)
+    row = measure_memory(256, precision, checkpoint, device="cpu", images=images)
+    assert 0.8 <= row["peak_bytes"] / row["estimate_bytes"] <= 1.1, row
 
 
 GARBAGE_AFTER_A_RUN = """
@@ -286,17 +286,19 @@ print(sum(o.numel() for o in gc.garbage if real_tensor(o)))
 """
 
 
-@pytest.mark.parametrize("options", [{"checkpoint": "on"}, {"graph": "compile"}])
+@pytest.mark.parametrize("options", [{"checkpoint": "on"}, {"graph": "compile"}, {"optimizer": "adam"},
+                                     {"backend": "reference"}])  # fmt: skip
 def test_first_run_in_a_process_leaves_no_tensors_in_reference_cycles(options):
-    """Both paths import torch._dynamo on their first use, which (imported from inside a run) left the
-    run's tensors in reference cycles, held until a full garbage collection. A fresh process, since
-    only the first import does it."""
+    """These paths import torch._dynamo on their first use (checkpointing, compilation, torch.optim),
+    which, imported from inside a run, left the run's tensors in reference cycles, held until a full
+    garbage collection. A fresh process, since only the first import does it."""
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-c", GARBAGE_AFTER_A_RUN, repr(options)], capture_output=True,
-                         text=True, check=True)  # fmt: skip
-    assert int(out.stdout.split()[-1]) == 0, out.stdout
+                         text=True, check=True, timeout=600)  # fmt: skip
+    # Not one image's worth (64 × 48 × 3 elements) of tensors: torch's own small cycles may hold a few.
+    assert int(out.stdout.split()[-1]) < 64 * 48 * 3, out.stdout
 
 
 PHOTOS = ["tubingen.jpg", "golden_gate.jpg", "hoovertowernight.jpg"]

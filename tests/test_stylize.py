@@ -79,11 +79,12 @@ def test_callback_receives_each_iterate():
                                      dict(size=48, tile=32), dict(backend="reference", size=48, pyramid_start=24)],
                          ids=["content", "noise+colors", "tiled", "pyramid"])  # fmt: skip
 def test_content_tensor_is_used_without_a_copy_and_left_unchanged(options):
-    """A clean float32 content tensor is read in place (at print resolution a copy costs hundreds of MB),
-    so no path of a run may write to it."""
+    """The Stylizer reads a clean float32 content tensor in place (at print resolution a copy costs
+    hundreds of MB), so no path of a run may write to it."""
     content, style = torch.rand(1, 3, 40, 48), torch.rand(3, 32, 32)
     before = content.clone()
-    assert load_image(content).data_ptr() == content.data_ptr()
+    assert load_image(content, copy=False).data_ptr() == content.data_ptr()  # as the Stylizer reads it
+    assert load_image(content).data_ptr() != content.data_ptr()  # the public default: a copy
     out = Stylizer(style, **{"steps": 4, "size": 48, **options}).stylize_tensor(content)
     assert torch.equal(content, before) and not torch.equal(out, content)
 
