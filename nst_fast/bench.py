@@ -179,13 +179,12 @@ def measure_memory(size: int, precision: str = "bf16", checkpoint: str = "off", 
     stylizer = Stylizer(style, options)
     content = resize_longest(content, size)
     estimate = stylizer.memory_estimate(content)
-    loaded = stylizer.model_bytes + estimate.source
     peak = allocator_peak(lambda: stylizer.stylize_tensor(content), stylizer.device)
     return {"size": size, "image": list(content.shape), "precision": stylizer.precision.name, "checkpoint": checkpoint,
             "impl": impl, "device": str(stylizer.device), "steps": steps,
             "estimate_parts": {k: getattr(estimate, k) for k in estimate.PARTS},
-            "estimate_bytes": estimate.total - loaded, "peak_bytes": peak,
-            "estimate_over_peak": (estimate.total - loaded) / peak}  # fmt: skip
+            "estimate_bytes": estimate.beyond_loaded, "peak_bytes": peak,
+            "estimate_over_peak": estimate.beyond_loaded / peak}  # fmt: skip
 
 
 def _reset_peak_rss() -> int | None:

@@ -197,11 +197,11 @@ def _stylize_one(stylizer, content, output: Path, args: argparse.Namespace, say)
     estimate = stylizer.memory_estimate(content)
     say(f"{name}: estimated peak memory {estimate}")
     free = available_bytes(stylizer.device)
-    if free is not None and _beyond_what_is_loaded(stylizer, estimate) > free:
+    if free is not None and estimate.beyond_loaded > free:
         from .errors import NstError
 
         raise NstError(
-            f"this run needs about {_beyond_what_is_loaded(stylizer, estimate) / 2**30:.1f} GiB more but "
+            f"this run needs about {estimate.beyond_loaded / 2**30:.1f} GiB more but "
             f"{free / 2**30:.1f} GiB is free on "
             f"{stylizer.device}; {_what_fits(stylizer, content, free)}"
         )
@@ -220,18 +220,12 @@ def _stylize_one(stylizer, content, output: Path, args: argparse.Namespace, say)
     say(f"wrote {output} ({result.shape[-1]}×{result.shape[-2]}) in {time.perf_counter() - start:.1f} s")
 
 
-def _beyond_what_is_loaded(stylizer, estimate) -> int:
-    """Bytes a run needs besides the content image and the network's weights, which are loaded (and
-    counted as used) already."""
-    return estimate.total - estimate.source - stylizer.model_bytes
-
-
 def _what_fits(stylizer, content, free: int) -> str:
     """The single changes of options that would fit in ``free`` bytes, by the estimate: a sentence."""
     opts = stylizer.options
 
     def fits(**change) -> bool:
-        return _beyond_what_is_loaded(stylizer, stylizer.memory_estimate(content, **change)) <= free
+        return stylizer.memory_estimate(content, **change).beyond_loaded <= free
 
     found = []
     if opts.backend == "torch" and opts.checkpoint != "on" and fits(checkpoint="on"):

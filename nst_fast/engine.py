@@ -225,8 +225,7 @@ def use_checkpointing(options: Options, model: VGG19, image: torch.Tensor, preci
     """``checkpoint`` "on"/"off" as given; "auto": on when the estimate without it exceeds free memory."""
     if options.checkpoint != "auto":
         return options.checkpoint == "on"
-    loaded = sum(p.numel() * p.element_size() for p in model.parameters())  # counted as used already
-    need = memory_estimate(options, model, image, precision, checkpoint=False).total - loaded
+    need = memory_estimate(options, model, image, precision, checkpoint=False).beyond_loaded
     free = available_bytes(image.device)
     return free is not None and need > free
 

@@ -5,8 +5,8 @@ their low-precision copies; on a CPU, with oneDNN's reordered copies); the activ
 for the backward pass (with block checkpointing: each block's input, the requested activations, and
 one block recomputed at a time); the gradients of the requested activations, which the backward pass
 holds at once, and the chain's own; the image, its gradient, the best iterate and the optimizer's
-state. Checked against the allocator's peak on a CPU at 256-512 px, and against the peak resident set
-up to 2048 px, in benchmarks/NOTES.md §4 and tests/test_engine.py.
+state. Checked against the allocator's peak on a CPU at 256-1024 px, and against the peak resident
+set up to 2048 px, in benchmarks/NOTES.md §4 and tests/test_engine.py.
 """
 
 from __future__ import annotations
@@ -32,12 +32,19 @@ class MemoryEstimate:
     optimizer: int  # the image, its gradient, the best iterate and the optimizer's state
     canvas: int = 0  # when tiled: the whole image, its content image and a band of tiles, at full size
     source: int = 0  # on a CPU: the content image as loaded, at its own resolution, kept for every scale
+    loaded_weights: int = 0  # of ``weights``, the float32 ones, loaded before a run (not a part of its own)
 
     PARTS = ("weights", "kept", "recomputed", "backward", "optimizer", "canvas", "source")
 
     @property
     def total(self) -> int:
         return sum(getattr(self, k) for k in self.PARTS)
+
+    @property
+    def beyond_loaded(self) -> int:
+        """What a run allocates beyond the weights and the content image, which are loaded (and counted
+        as used) before it starts: the figure to compare with free memory."""
+        return self.total - self.loaded_weights - self.source
 
     def __str__(self) -> str:
         gib = 2**30
@@ -120,7 +127,8 @@ def estimate(
     backward = (grads + 2 * max(numel.values())) * grad_bytes
     image = batch * 3 * height * width * 4
     state = 2 * history + 3 if optimizer == "lbfgs" else 3  # L-BFGS: pairs, last x and g, direction
-    return MemoryEstimate(weights, kept, recomputed, backward, image * (state + 3))  # + x, its grad, the best x
+    return MemoryEstimate(weights, kept, recomputed, backward, image * (state + 3),  # + x, its grad, the best x
+                          loaded_weights=params * 4)
 
 
 def process_status_kb(key: str) -> int | None:

@@ -125,11 +125,6 @@ class Stylizer:
         return image.to(self.device)
 
     @property
-    def model_bytes(self) -> int:
-        """Bytes of the network's weights, loaded on the device."""
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
-
-    @property
     def precision(self):
         """The :class:`nst_fast.engine.Precision` the torch backend runs in here (fp32 for the others)."""
         from .engine import resolve_precision
