@@ -6,6 +6,7 @@ import functools
 import io
 import math
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -221,8 +222,16 @@ def _as_tensor(image: torch.Tensor | Image.Image) -> torch.Tensor:
     return _check_tensor(image)
 
 
+# The creation date written into the embedded profile's header: LittleCMS stamps the current time there
+# (bytes 24-35 of an ICC header), which made two runs' output files differ in those bytes alone.
+PROFILE_DATE = (2026, 1, 1, 0, 0, 0)
+
+
 @functools.lru_cache(maxsize=1)
 def srgb_profile() -> bytes:
+    """The sRGB ICC profile embedded in every output, the same bytes in every process."""
     from PIL import ImageCms
 
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    profile[24:36] = struct.pack(">6H", *PROFILE_DATE)  # no profile ID (bytes 84-99) covers the date
+    return bytes(profile)

@@ -102,3 +102,23 @@ def test_output_path_checks(tmp_path):
     with pytest.raises(ImageError, match="directory does not exist"):
         check_output_path(tmp_path / "missing" / "out.png")
     assert check_output_path(tmp_path / "out.jpg").name == "out.jpg"
+
+
+def test_saved_files_carry_the_same_profile_bytes_in_every_process():
+    """LittleCMS stamps the current time into a profile's header: two runs wrote files that differed in
+    those bytes. The embedded profile is the same sRGB profile with a fixed date."""
+    import io
+    import subprocess
+    import sys
+
+    from PIL import ImageCms
+
+    from nst_fast.image import PROFILE_DATE, srgb_profile
+
+    profile = srgb_profile()
+    assert profile[36:40] == b"acsp" and tuple(int.from_bytes(profile[24 + 2 * i:26 + 2 * i], "big")
+                                             for i in range(6)) == PROFILE_DATE  # fmt: skip
+    assert "sRGB" in ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(profile)))
+    code = "import sys; from nst_fast.image import srgb_profile; sys.stdout.write(srgb_profile().hex())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert bytes.fromhex(other.stdout) == profile
