@@ -37,7 +37,7 @@ else
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install "$(TORCH)"
 endif
-	$(PIP) install "setuptools>=64" wheel "pybind11>=2.10" ninja
+	$(PIP) install "setuptools>=64" wheel ninja
 	$(PIP) install --no-build-isolation -e ".[test]"
 	touch $@
 

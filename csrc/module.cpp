@@ -1,13 +1,12 @@
-// The Python module nst_fast._C. Importing it runs the TORCH_LIBRARY registrations in ops.cpp (and,
-// in CUDA builds, ops_cuda.cu); the operators are then reached as torch.ops.nst_fast.*.
+// The Python module nst_fast._C: an empty module whose import loads this library and so runs the
+// TORCH_LIBRARY registrations in ops.cpp (and, in CUDA builds, ops_cuda.cu); the operators are then
+// reached as torch.ops.nst_fast.*. Whether CUDA kernels were built is asked of the dispatcher
+// (nst_fast/_ext.py), so the module needs no binding library: only Python's C API.
 
-#include <pybind11/pybind11.h>
+#include <Python.h>
 
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "nst_fast compiled operators (torch.ops.nst_fast)";
-#ifdef NST_FAST_WITH_CUDA
-  m.attr("with_cuda") = true;
-#else
-  m.attr("with_cuda") = false;
-#endif
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "nst_fast compiled operators (torch.ops.nst_fast)", -1,
+                               nullptr};
+  return PyModule_Create(&module);
 }

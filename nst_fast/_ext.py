@@ -21,4 +21,5 @@ else:
     IMPORT_ERROR = None
 
 AVAILABLE: bool = _C is not None
-WITH_CUDA: bool = bool(getattr(_C, "with_cuda", False))
+# CUDA builds register CUDA kernels for the operators: the dispatcher knows.
+WITH_CUDA: bool = AVAILABLE and torch._C._dispatch_has_kernel_for_dispatch_key("nst_fast::gram", "CUDA")

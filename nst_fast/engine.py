@@ -232,11 +232,11 @@ def use_checkpointing(options: Options, model: VGG19, image: torch.Tensor, preci
 
 def memory_estimate(options: Options, model: VGG19, image: torch.Tensor, precision: Precision,
                     checkpoint: bool) -> MemoryEstimate:  # fmt: skip
-    from .ops import _use_ext
+    from .ops import extension_serves
 
     activation_bytes = 2 if precision.autocast_dtype is not None else 4
     history = lbfgs_history(image.numel())
-    copies = options.impl == "ref" or not _use_ext("auto", image)
+    copies = options.impl == "ref" or not extension_serves(image.device)
     return estimate(model.layers, image.shape[-2], image.shape[-1], activation_bytes, checkpoint,
                     options.optimizer, history, image.shape[0], float32_loss_copies=copies,
                     pooling=options.pooling, reordered_weights=image.device.type == "cpu")  # fmt: skip

@@ -39,7 +39,7 @@ def content_loss(a_C: torch.Tensor, a_G: torch.Tensor) -> torch.Tensor:
     if a_C.shape[1:] != a_G.shape[1:] or a_C.shape[0] not in (1, a_G.shape[0]):
         raise ValueError(f"content activations {tuple(a_C.shape)} do not fit generated ones {tuple(a_G.shape)}")
     _, c, h, w = a_G.shape
-    acc = ops._accumulation_dtype(a_G.dtype)
+    acc = ops.accumulation_dtype(a_G.dtype)
     with torch.autocast(a_G.device.type, enabled=False):
         return (a_G.to(acc) - a_C.to(acc)).square().sum() / (4 * c * h * w)
 
@@ -84,13 +84,13 @@ def content_energy(a_C: torch.Tensor) -> torch.Tensor:
 def style_energy(target: torch.Tensor) -> torch.Tensor:
     """J_s^l between a style target and an all-zero Gram matrix: the style target's scale."""
     c = target.shape[-1]
-    return target.to(ops._accumulation_dtype(target.dtype)).square().sum() / (4 * c * c)
+    return target.to(ops.accumulation_dtype(target.dtype)).square().sum() / (4 * c * c)
 
 
 def tv_loss(image: torch.Tensor) -> torch.Tensor:
     """Total variation: mean squared difference of vertically and horizontally adjacent pixels,
     per batch element, summed over the batch (so its weight does not depend on the image size)."""
-    acc = ops._accumulation_dtype(image.dtype)
+    acc = ops.accumulation_dtype(image.dtype)
     x = image.to(acc)
     total = x.new_zeros(())
     if x.shape[-2] > 1:

@@ -14,18 +14,19 @@ from __future__ import annotations
 import torch
 
 from . import _ext
+from .errors import OptionsError
 
 IMPLS = ("auto", "ext", "ref")
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _flat(feats: torch.Tensor) -> torch.Tensor:
     """B×C×H×W → B×C×(H·W) in the accumulation dtype."""
     b, c, h, w = feats.shape
-    return feats.reshape(b, c, h * w).to(_accumulation_dtype(feats.dtype))
+    return feats.reshape(b, c, h * w).to(accumulation_dtype(feats.dtype))
 
 
 def gram_ref(feats: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -38,28 +39,45 @@ def gram_ref(feats: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 def style_loss_ref(feats: torch.Tensor, target: torch.Tensor, scale: float) -> torch.Tensor:
     """Σ_b Σ_ij (scale · F_b·F_bᵀ − A)², a float32 scalar; ``target`` A is C×C or B×C×C."""
     with torch.autocast(feats.device.type, enabled=False):
-        diff = gram_ref(feats, scale) - target.to(_accumulation_dtype(feats.dtype))
+        diff = gram_ref(feats, scale) - target.to(accumulation_dtype(feats.dtype))
         return diff.square().sum()
 
 
-def _use_ext(impl: str, feats: torch.Tensor) -> bool:
+def extension_serves(device: torch.device) -> bool:
+    """Whether ``impl="auto"`` computes with the extension on ``device``: it is loaded and has kernels
+    there (the CUDA kernels reduce split-K partial sums with atomics, which are not bit-reproducible:
+    not while deterministic algorithms are on)."""
+    if not _ext.AVAILABLE:
+        return False
+    if device.type == "cuda":
+        return _ext.WITH_CUDA and not torch.are_deterministic_algorithms_enabled()
+    return device.type == "cpu"
+
+
+def check_impl(impl: str, device: torch.device) -> None:
+    """Raise :class:`OptionsError` unless ``impl`` can compute on ``device``."""
     if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        raise OptionsError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    if impl != "ext":
+        return
+    if not _ext.AVAILABLE:
+        raise OptionsError(f"impl 'ext' needs the compiled extension, which is not loaded ({_ext.IMPORT_ERROR})")
+    if not extension_serves(device):
+        raise OptionsError(f"impl 'ext' has no {device.type} kernels in this build; use impl 'auto' or 'ref'")
+
+
+def uses_extension(impl: str, feats: torch.Tensor) -> bool:
+    """Whether the operators compute ``feats`` with the extension (``impl`` "ext" that cannot: an error)."""
     if impl == "ref":
         return False
-    # The CUDA kernels reduce split-K partial sums with atomics: not bit-reproducible.
-    cuda_ok = feats.is_cuda and _ext.WITH_CUDA and not torch.are_deterministic_algorithms_enabled()
-    supported = _ext.AVAILABLE and (feats.device.type == "cpu" or cuda_ok)
-    if impl == "ext" and not supported:
-        why = "is not loaded" if not _ext.AVAILABLE else f"has no {feats.device.type} kernel"
-        raise RuntimeError(f"impl='ext' requested but the nst_fast extension {why}")
-    return supported
+    check_impl(impl, feats.device)
+    return impl == "ext" or extension_serves(feats.device)
 
 
 def gram(feats: torch.Tensor, scale: float = 1.0, impl: str = "auto") -> torch.Tensor:
     """scale · F·Fᵀ: B×C×H×W (fp32, bf16, fp16 or fp64) → B×C×C in float32 (float64 for fp64 input)."""
     _check_feats(feats)
-    if _use_ext(impl, feats):
+    if uses_extension(impl, feats):
         return torch.ops.nst_fast.gram(feats, float(scale))
     return gram_ref(feats, scale)
 
@@ -73,7 +91,7 @@ def style_loss(feats: torch.Tensor, target: torch.Tensor, scale: float, impl: st
         target.dim() == 3 and target.shape[0] not in (1, feats.shape[0])
     ):
         raise ValueError(f"style target of shape {tuple(target.shape)} does not fit features {tuple(feats.shape)}")
-    if _use_ext(impl, feats):
+    if uses_extension(impl, feats):
         return torch.ops.nst_fast.style_loss(feats, target, float(scale))[0]
     return style_loss_ref(feats, target, scale)
 
@@ -90,7 +108,7 @@ def _register() -> None:
     @torch.library.register_fake("nst_fast::gram")
     def _(feats, scale):
         b, c = feats.shape[:2]
-        return feats.new_empty((b, c, c), dtype=_accumulation_dtype(feats.dtype))
+        return feats.new_empty((b, c, c), dtype=accumulation_dtype(feats.dtype))
 
     def gram_setup(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
@@ -107,7 +125,7 @@ def _register() -> None:
     @torch.library.register_fake("nst_fast::style_loss")
     def _(feats, target, scale):
         b, c = feats.shape[:2]
-        acc = _accumulation_dtype(feats.dtype)
+        acc = accumulation_dtype(feats.dtype)
         return feats.new_empty((), dtype=acc), feats.new_empty((b, c, c), dtype=acc)
 
     @torch.library.register_fake("nst_fast::style_loss_backward")

@@ -18,6 +18,7 @@ from .callbacks import Callback, Iterate
 from .color import preserve_colors
 from .errors import ImageError, OptionsError
 from .image import load_image, longest_side_shape, resize_longest, tensor_to_pil
+from .ops import check_impl
 from .options import Options
 from .tiling import Tile, optimize_tiles, tile_grid
 from .vgg import VGG19
@@ -65,17 +66,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _check_impl(impl: str, device: torch.device) -> None:
-    from . import _ext
-
-    if impl != "ext":
-        return
-    if not _ext.AVAILABLE:
-        raise OptionsError(f"impl 'ext' needs the compiled extension, which is not loaded ({_ext.IMPORT_ERROR})")
-    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not _ext.WITH_CUDA):
-        raise OptionsError(f"impl 'ext' has no {device.type} kernels in this build; use impl 'auto' or 'ref'")
-
-
 class Stylizer:
     """Stylizes content images with one style (or a blend of styles), whose targets are computed once.
 
@@ -102,7 +92,7 @@ class Stylizer:
             raise OptionsError(f"style blend weights must be finite, non-negative and not all zero, got {blend}")
         blend = [w / max(blend) for w in blend]  # no overflow in their sum
         self.device = resolve_device(opts.device)
-        _check_impl(opts.impl, self.device)
+        check_impl(opts.impl, self.device)
         weights = load_weights(opts.weights, opts.weights_preprocessing)
         self.model = VGG19(opts.layers, weights, opts.pooling).to(self.device)
         originals = [load_image(s, opts.max_pixels, copy=False) for s in styles]
