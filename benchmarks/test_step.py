@@ -9,20 +9,25 @@ import pytest
 import torch
 from bench_utils import DEVICES, SMOKE, default_images, rounds, sizes, synchronize
 
-from nst_fast import bench
+from nst_fast import Stylizer, bench
+from nst_fast.backends import get
 from nst_fast.image import resize_longest
 from nst_fast.options import Options
 
-CONFIGS = [(b, p) for b, ps in bench.BACKENDS.items() for p in ps]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+CONFIGS = [(d, b, p) for d in DEVICES for b, p in bench.configurations(d)]
+
+
 @pytest.mark.parametrize("size", sizes("128,256,512", "64"))
-@pytest.mark.parametrize("backend, precision", CONFIGS)
+@pytest.mark.parametrize("device, backend, precision", CONFIGS)
 def test_iteration(record_machine, backend, precision, size, device):
     content, style = default_images()
-    options = Options(size=size, device=device)
-    step = bench.BACKENDS[backend][precision](options, resize_longest(content, size), style)
+    options = Options(size=size, device=device, backend=backend, precision=precision, pyramid_start=0)
+    stylizer = Stylizer(style, options)
+    image, loss_fn = stylizer.loss_for(resize_longest(content, size))
+    spec = stylizer.plan(image).scales[-1].loop
+    step = get(backend).make_step(stylizer.model, loss_fn, image, spec)  # what the backend's loop repeats
     dev = torch.device(device)
     for _ in range(0 if SMOKE else 2):  # warm-up: allocator, oneDNN/cuDNN algorithm choice
         step()

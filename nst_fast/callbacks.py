@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
+
+from .atomic import atomic_write_text
+from .image import save_image, tensor_to_pil
+from .memory import process_status_kb
 
 
 class Iterate:
@@ -43,9 +50,14 @@ class Iterate:
         self._losses = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in self._losses.items()}
         return self._losses
 
-    def to_pil(self):
-        from .image import tensor_to_pil
+    def shifted(self, done: int, total: int, elapsed: float, image=None) -> Iterate:
+        """This iterate as a step of a larger run that had done ``done`` steps of ``total`` in ``elapsed``
+        seconds before it began (a scale of a pyramid, a tile); ``image`` (a tensor, or a function that
+        makes one when read) replaces the image it shows."""
+        shown = self._image if image is None else image
+        return Iterate(done + self.step, total, self._loss, self._losses, elapsed + self.elapsed, shown, self.device)
 
+    def to_pil(self):
         return tensor_to_pil(self.image)
 
     def __repr__(self) -> str:
@@ -59,8 +71,6 @@ class ProgressBar:
     """A tqdm progress bar with the loss, on a terminal; a plain line every ``every`` steps elsewhere."""
 
     def __init__(self, steps: int, desc: str = "stylize", every: int = 25, file=None):
-        from tqdm.auto import tqdm
-
         self.file = file or sys.stderr
         self.tty = self.file.isatty()
         self.every = every
@@ -88,15 +98,11 @@ class SaveEvery:
     """Save the iterate every ``every`` steps beside ``output``, as ``<stem>.step<N><suffix>``."""
 
     def __init__(self, output, every: int, **save_args):
-        from pathlib import Path
-
         self.output, self.every, self.save_args = Path(output), every, save_args
         self.saved: list = []
 
     def __call__(self, it: Iterate) -> None:
         if it.step % self.every == 0:
-            from .image import save_image
-
             path = self.output.with_name(f"{self.output.stem}.step{it.step:05d}{self.output.suffix}")
             self.saved.append(save_image(it.image, path, **self.save_args))
 
@@ -115,18 +121,12 @@ class JsonTrace:
                              "peak_memory_mb": _peak_memory_mb(it.device)})  # fmt: skip
 
     def write(self, path) -> None:
-        import json
-
-        from .atomic import atomic_write_text
-
         atomic_write_text(path, json.dumps({"iterations": self.records}, indent=1) + "\n")
 
 
 def _peak_memory_mb(device: torch.device | None) -> float | None:
     if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    from .memory import process_status_kb
-
     peak = process_status_kb("VmHWM")
     return None if peak is None else peak / 1024
 

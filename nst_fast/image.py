@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+import tifffile
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .atomic import atomic_save
 from .errors import ImageError
@@ -79,8 +80,6 @@ def _tiff_16bit_rgb(path) -> bool:
 
 
 def _read_tiff_16bit(path) -> torch.Tensor:
-    import tifffile
-
     try:
         array = tifffile.imread(path)
     except Exception as e:  # noqa: BLE001 — tifffile raises many types for damaged files
@@ -204,8 +203,6 @@ def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, bit_d
     if "icc_profile" not in save_args and fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
         save_args["icc_profile"] = srgb_profile()  # the pixels are sRGB: say so
     if bit_depth == 16:
-        import tifffile
-
         pixels = _as_tensor(image)[0].permute(1, 2, 0).mul(65535).round_().to(torch.int32).numpy().astype("uint16")
         encoded = io.BytesIO()  # tifffile wants a named file or a buffer, not the temporary's descriptor
         tifffile.imwrite(encoded, pixels, photometric="rgb", compression="zlib", iccprofile=save_args["icc_profile"])
@@ -230,8 +227,6 @@ PROFILE_DATE = (2026, 1, 1, 0, 0, 0)
 @functools.lru_cache(maxsize=1)
 def srgb_profile() -> bytes:
     """The sRGB ICC profile embedded in every output, the same bytes in every process."""
-    from PIL import ImageCms
-
     profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
     profile[24:36] = struct.pack(">6H", *PROFILE_DATE)  # no profile ID (bytes 84-99) covers the date
     return bytes(profile)

@@ -11,6 +11,8 @@ Each loss sums over the batch. Accumulation is float32 whatever the activations'
 float64 activations). The style term is written with normalized Grams, N = G/(nH·nW), so that
 J_s^l = 1/(4·nC²) · Σ (N_S − N_G)²: the seeds' value when both images have the same size, and a
 well-defined one when the style image has another size than the generated image.
+
+The weighted sum of these terms, against a run's targets, is :class:`nst_fast.objective.StyleTransferLoss`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import nn
 
 from . import ops
 
@@ -98,63 +99,3 @@ def tv_loss(image: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] > 1:
         total = total + (x[..., :, 1:] - x[..., :, :-1]).square().mean(dim=(1, 2, 3)).sum()
     return total
-
-
-class StyleTransferLoss(nn.Module):
-    """J = α·J_c + β·J_s + γ·TV against fixed targets; returns the total and each weighted term.
-
-    Args:
-        content_targets: {layer: a_C} activations of the content image.
-        style_targets: {layer: N_S} normalized Gram matrices (:func:`style_target`).
-        layer_weights: {layer: λ_l} for the style layers.
-        content_layer_weights: {layer: weight} for the content layers (default 1 each).
-        content_weight, style_weight, tv_weight: α, β, γ.
-    """
-
-    def __init__(
-        self,
-        content_targets: Mapping[str, torch.Tensor],
-        style_targets: Mapping[str, torch.Tensor],
-        layer_weights: Mapping[str, float],
-        content_weight: float,
-        style_weight: float,
-        tv_weight: float = 0.0,
-        content_layer_weights: Mapping[str, float] | None = None,
-        impl: str = "auto",
-    ):
-        super().__init__()
-        self.content_targets = {k: v.detach() for k, v in content_targets.items()}
-        self.style_targets = {k: v.detach() for k, v in style_targets.items()}
-        self.layer_weights = dict(layer_weights)
-        self.content_layer_weights = dict(content_layer_weights or dict.fromkeys(self.content_targets, 1.0))
-        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
-        self.impl = impl
-
-    @property
-    def layers(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys([*self.content_targets, *self.style_targets]))
-
-    def layer_terms(self, name: str, act: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The weighted content and style terms that layer ``name``'s activation contributes."""
-        terms = {}
-        if name in self.content_targets:
-            weight = self.content_weight * self.content_layer_weights[name]
-            terms["content"] = weight * content_loss(self.content_targets[name], act)
-        if name in self.style_targets:
-            weight = self.style_weight * self.layer_weights[name]
-            terms["style"] = weight * style_layer_loss_to_target(self.style_targets[name], act, impl=self.impl)
-        return terms
-
-    def image_terms(self, image: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """The terms of the image itself (total variation)."""
-        return {"tv": self.tv_weight * tv_loss(image)} if self.tv_weight and image is not None else {}
-
-    def forward(
-        self, acts: Mapping[str, torch.Tensor], image: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        terms: dict[str, torch.Tensor] = {}
-        for name in self.layers:
-            for key, value in self.layer_terms(name, acts[name]).items():
-                terms[key] = terms[key] + value if key in terms else value
-        terms.update(self.image_terms(image))
-        return sum(terms.values()), terms

@@ -11,14 +11,14 @@ set up to 2048 px, in benchmarks/NOTES.md §4 and tests/test_engine.py.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .vgg import LAYER_NAMES
-from .weights import CONV_CHANNELS, conv_shape
+from .vgg import LAYER, LAYER_NAMES, blocks, conv_shape, deepest, network
 
 
 @dataclass(frozen=True)
@@ -53,18 +53,6 @@ class MemoryEstimate:
         return f"{self.total / gib:.2f} GiB ({parts})"
 
 
-def _layer_shapes(last: str, height: int, width: int) -> list[tuple[str, int, int, int]]:
-    """(name, C, H, W) of every layer up to ``last``."""
-    shapes, c, h, w = [], 3, height, width
-    for name in LAYER_NAMES[: LAYER_NAMES.index(last) + 1]:
-        if name.startswith("conv"):
-            c = CONV_CHANNELS[name]
-        elif name.startswith("pool"):
-            h, w = h // 2, w // 2
-        shapes.append((name, c, h, w))
-    return shapes
-
-
 def estimate(
     layers: tuple[str, ...],
     height: int,
@@ -85,24 +73,24 @@ def estimate(
     a second copy of the weights (oneDNN, on a CPU, in its blocked layout: measured as one float32 copy
     of the deep layers' weights alive through the backward pass).
     """
-    last = max(layers, key=LAYER_NAMES.index)
-    shapes = _layer_shapes(last, height, width)
-    numel = {name: batch * c * h * w for name, c, h, w in shapes}
-    params = sum(o * i * 9 + o for o, i, _, _ in (conv_shape(n) for n, *_ in shapes if n.startswith("conv")))
+    last = deepest(layers)
+    names = [layer.name for layer in network(last)]
+    numel = {name: batch * LAYER[name].channels * math.prod(LAYER[name].output_size(height, width)) for name in names}
+    params = sum(o * i * 9 + o for o, i, _, _ in (conv_shape(n) for n in names if LAYER[n].kind == "conv"))
     weights = params * 4 + (params * activation_bytes if activation_bytes < 4 else 0)
     weights += params * 4 if reordered_weights else 0
     # Distinct tensors autograd keeps: the network's input, each convolution's output (its ReLU runs in
     # place, unless the convolution's own output is requested), each pooling's output; and, for
     # low-precision activations, the float32 copies of the requested ones that the loss computes with.
     def kept_by(names) -> int:
-        count = sum(numel[n] for n in names if n.startswith(("conv", "pool")))
-        count += sum(numel[n] for n in names if n.startswith("relu") and n.replace("relu", "conv") in layers)
+        count = sum(numel[n] for n in names if LAYER[n].kind in ("conv", "pool"))
+        # A ReLU runs in place unless the convolution before it is requested: then its output is kept too.
+        count += sum(numel[n] for n in names if LAYER[n].kind == "relu" and LAYER_NAMES[LAYER[n].index - 1] in layers)
         copies = sum(numel[n] for n in names if n in layers) * 4 if activation_bytes < 4 and float32_loss_copies else 0
-        indices = sum(numel[n] for n in names if n.startswith("pool")) * 8 if pooling == "max" else 0  # int64
+        indices = sum(numel[n] for n in names if LAYER[n].kind == "pool") * 8 if pooling == "max" else 0  # int64
         return count * activation_bytes + copies + indices
 
     input_bytes = batch * 3 * height * width * activation_bytes
-    names = [name for name, *_ in shapes]
     # The backward pass starts from the loss terms, and autograd runs all of them before the network's
     # chain: the gradients of the requested activations are alive at once (float32 where the loss
     # computes in float32 copies), and the chain then holds about two activation-sized gradients. With
@@ -114,14 +102,10 @@ def estimate(
         return sum(numel[n] for n in names if n in layers)
 
     if checkpoint:
-        blocks: list[list[str]] = []
-        for name in names:
-            if (name.startswith("conv") and name.endswith("_1")) or not blocks:
-                blocks.append([])
-            blocks[-1].append(name)
-        kept = input_bytes + sum(numel[b[-1]] for b in blocks[:-1]) * activation_bytes
-        recomputed = max(kept_by(b) for b in blocks)
-        grads = max(requested(b) for b in blocks)
+        units = blocks(last)
+        kept = input_bytes + sum(numel[b[-1]] for b in units[:-1]) * activation_bytes
+        recomputed = max(kept_by(b) for b in units)
+        grads = max(requested(b) for b in units)
     else:
         kept, recomputed, grads = input_bytes + kept_by(names), 0, requested(names)
     backward = (grads + 2 * max(numel.values())) * grad_bytes

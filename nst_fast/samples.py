@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 def sample_content() -> Image.Image:
     """The sample photograph (a portrait, 512×600), from matplotlib's sample data."""
-    from matplotlib import cbook
+    from matplotlib import cbook  # matplotlib (slow to import) only when the sample is used
 
     with cbook.get_sample_data("grace_hopper.jpg") as f:
         image = Image.open(f)

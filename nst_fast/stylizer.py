@@ -1,9 +1,13 @@
-"""The library API: :class:`Stylizer` (style targets computed once, many content images) and :func:`stylize`."""
+"""The library API: :class:`Stylizer` (style targets computed once, many content images) and :func:`stylize`.
+
+A run is planned (:class:`~nst_fast.plan.Plan`: scales, tiles, steps, precision, memory) and then
+executed here: at each scale of the plan, the content's targets and the loss are built
+(:mod:`nst_fast.objective`) and the plan's backend optimizes the image, whole or tile by tile.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import math
 import time
@@ -13,57 +17,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import reference
+from .backends import get as get_backend
+from .backends.precision import Precision
 from .callbacks import Callback, Iterate
 from .color import preserve_colors
-from .errors import ImageError, OptionsError
-from .image import load_image, longest_side_shape, resize_longest, tensor_to_pil
+from .errors import OptionsError
+from .image import load_image, resize_longest, tensor_to_pil
+from .objective import StyleTransferLoss, build_loss, content_energies, initial_image, style_targets
 from .ops import check_impl
 from .options import Options
-from .tiling import Tile, optimize_tiles, tile_grid
+from .plan import Plan, ScalePlan, check_image_size, resolve_device, schedule
+from .tiling import Tile, optimize_tiles
 from .vgg import VGG19
 from .weights import load_weights
-
-
-def loop(backend: str):
-    """The optimization loop of ``backend``: (model, loss_fn, initial image, options, callback) → image.
-
-    Every loop has the signature of :func:`nst_fast.reference.optimize`, optimizes the loss that
-    ``loss_fn`` defines, and reports each iterate to the callback.
-    """
-    if backend == "reference":
-        return reference.optimize
-    if backend == "torch":
-        from .engine import optimize
-
-        return optimize
-    if backend == "onnxruntime":
-        from .onnx.backend import optimize
-
-        return optimize
-    raise OptionsError(f"unknown backend {backend!r}")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else must name a device that is there."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise OptionsError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise OptionsError(f"device {name!r} requested, but this machine has no usable CUDA GPU; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise OptionsError(f"device {name!r} requested, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
-    elif device.type in ("mps", "xpu"):
-        backend = getattr(torch.backends, "mps", None) if device.type == "mps" else getattr(torch, "xpu", None)
-        if backend is None or not backend.is_available():
-            raise OptionsError(f"device {name!r} requested, but it is not available here; use --device cpu")
-    elif device.type != "cpu":
-        raise OptionsError(f"unsupported device {name!r}; use auto, cpu or cuda")
-    return device
 
 
 class Stylizer:
@@ -78,8 +44,9 @@ class Stylizer:
     >>> stylizer.stylize("tubingen.jpg").save("out.png")           # doctest: +SKIP
     """
 
-    def __init__(self, style, options: Options | None = None, *, style_blend: Sequence[float] | None = None,
-                 **overrides):  # fmt: skip
+    def __init__(
+        self, style, options: Options | None = None, *, style_blend: Sequence[float] | None = None, **overrides
+    ):
         self.options = (options or Options()).replace(**overrides)
         opts = self.options
         styles = list(style) if isinstance(style, (list, tuple)) else [style]
@@ -96,151 +63,110 @@ class Stylizer:
         weights = load_weights(opts.weights, opts.weights_preprocessing)
         self.model = VGG19(opts.layers, weights, opts.pooling).to(self.device)
         originals = [load_image(s, opts.max_pixels, copy=False) for s in styles]
-        # Style targets once per pyramid scale, for every content image this stylizer will see.
+        # Style targets once per scale of the schedule, for every content image this stylizer will see.
         self.style_targets_by_size = {}
-        for size in opts.scales():
+        for size, _ in schedule(opts):
             style_size = max(1, round(size * opts.style_scale))
-            images = [self._prepare(image, style_size, "style", "--size or --style-scale") for image in originals]
-            self.style_targets_by_size[size] = reference.style_targets(self.model, images, blend, opts.style_layers)
+            images = [self._style_image(image, style_size) for image in originals]
+            self.style_targets_by_size[size] = style_targets(self.model, images, blend, opts.style_layers)
         self.style_targets = self.style_targets_by_size[opts.size]
 
-    def _prepare(self, image: torch.Tensor, size: int, what: str, raise_what: str = "--size") -> torch.Tensor:
+    def _style_image(self, image: torch.Tensor, size: int) -> torch.Tensor:
         image = resize_longest(image, size)
-        h, w = image.shape[-2:]
-        if min(h, w) < self.options.min_size:
-            raise ImageError(
-                f"the {what} image is {w}×{h} px at this size; layers up to {self.model.last_layer} need at "
-                f"least {self.options.min_size} px on each side (raise {raise_what} or choose shallower layers)"
-            )
+        check_image_size(self.options, *image.shape[-2:], what="style", remedy="--size or --style-scale")
         return image.to(self.device)
 
     @property
-    def precision(self):
-        """The :class:`nst_fast.engine.Precision` the torch backend runs in here (fp32 for the others)."""
-        from .engine import resolve_precision
+    def precision(self) -> Precision:
+        """The precision runs compute in here, as the backend resolves the requested one."""
+        return get_backend(self.options.backend).resolve_precision(self.options.precision, self.device)
 
-        return resolve_precision(self.options.precision if self.options.backend == "torch" else "fp32", self.device)
+    def plan(self, content, **overrides) -> Plan:
+        """The :class:`Plan` of stylizing ``content`` (a path, PIL image or tensor; only its shape is
+        used). ``overrides`` are Options fields to plan with instead, for a what-if (``tile=1024``,
+        ``checkpoint="on"``, ...): only a plan without them can be executed by this stylizer."""
+        shape = content.shape[-2:] if isinstance(content, torch.Tensor) else load_image(content).shape[-2:]
+        return Plan.resolve(self.options.replace(**overrides), tuple(shape), self.device)
 
-    def describe_precision(self) -> str:
-        p = self.precision
-        return p.name + (f"; {p.note}" if p.note else "")
+    def loss_for(self, content, size: int | None = None) -> tuple[torch.Tensor, StyleTransferLoss]:
+        """The content image resized to ``size`` (default: the final scale) on the device, and the loss a
+        run optimizes there: what the benchmarks time and the ONNX export bakes in."""
+        size = self.options.size if size is None else size
+        image = resize_longest(load_image(content, self.options.max_pixels, copy=False), size).to(self.device)
+        check_image_size(self.options, *image.shape[-2:])
+        return image, build_loss(self.model, image, self.style_targets_by_size[size], self.options)
 
-    def plan(self, content) -> list[tuple[int, list[Tile]]]:
-        """The run's scales, coarsest first, each with its tiles (one covering the image when it is
-        not tiled), for ``content`` (a path, PIL image or tensor)."""
-        original = load_image(content, self.options.max_pixels, copy=False)
-        steps = []
-        for size in self.options.scales():
-            steps.append((size, self._tiles(*longest_side_shape(*original.shape[-2:], size))))
-        return steps
-
-    def _tiles(self, height: int, width: int, options: Options | None = None) -> list[Tile]:
-        opts = options or self.options
-        if not opts.tile or max(height, width) <= opts.tile:
-            return [Tile(0, 0, height, width)]
-        return tile_grid(height, width, opts.tile, opts.overlap)
-
-    def total_steps(self, content) -> int:
-        """Optimizer iterations a run on ``content`` takes, over every scale and tile."""
-        return sum(self.options.steps_at(i) * len(tiles) for i, (_, tiles) in enumerate(self.plan(content)))
-
-    def memory_estimate(self, content, **overrides):
-        """The estimated peak memory of stylizing ``content`` (see :mod:`nst_fast.memory`): that of the
-        scale whose piece optimized at once — the whole image, or one tile — needs most. ``overrides``
-        are Options fields to estimate with instead (``tile=1024``, ``checkpoint="on"``, ...). On a CPU
-        it includes the content image at its own resolution (``source``), which the run keeps."""
-        from .engine import memory_estimate, resolve_precision, use_checkpointing
-
-        opts = self.options.replace(**overrides)
-        image = load_image(content, opts.max_pixels, copy=False)
-        precision = resolve_precision(opts.precision if opts.backend == "torch" else "fp32", self.device)
-        peak = None
-        for size in opts.scales():
-            height, width = longest_side_shape(*image.shape[-2:], size)
-            first = self._tiles(height, width, opts)[0]
-            piece = torch.empty(1, 3, first.height, first.width, device=self.device)  # its shape and device
-            checkpoint = opts.backend == "torch" and use_checkpointing(opts, self.model, piece, precision)
-            estimate = memory_estimate(opts, self.model, piece, precision, checkpoint)
-            if (first.height, first.width) != (height, width):  # the canvas, content, a band and its preview
-                estimate = dataclasses.replace(estimate, canvas=(2 * height + 2 * first.height) * width * 3 * 4)
-            peak = estimate if peak is None or estimate.total > peak.total else peak
-        if self.device.type == "cpu":  # on a GPU the source stays in host memory
-            peak = dataclasses.replace(peak, source=image.numel() * image.element_size())
-        return peak
-
-    def stylize_tensor(self, content, callback: Callback | None = None) -> torch.Tensor:
+    def stylize_tensor(self, content, callback: Callback | None = None, *, plan: Plan | None = None) -> torch.Tensor:
         """Like :meth:`stylize`, returning a 1×3×H×W float tensor in [0, 1] on the CPU.
 
-        Above ``pyramid_start`` the image is optimized coarse to fine: at each scale of
-        :meth:`Options.scales`, starting from the previous scale's result, upscaled. A scale larger
-        than ``tile`` is optimized tile by tile (:mod:`nst_fast.tiling`).
+        The run follows ``plan`` (default: :meth:`plan` of ``content``): at each of its scales, starting
+        from the previous scale's result upscaled, the image is optimized whole or tile by tile
+        (:mod:`nst_fast.tiling`).
         """
+        original = load_image(content, self.options.max_pixels, copy=False)  # only read
+        plan = plan or Plan.resolve(self.options, tuple(original.shape[-2:]), self.device)
+        self._check_executable(plan, original)
         opts = self.options
-        if opts.backend != "torch" or opts.optimizer == "adam":
-            # torch.optim imports torch._dynamo on first use, from inside the run; imported first, off
-            # the stack, it leaves none of the run's tensors in reference cycles (see that function).
-            from .engine import import_off_the_stack
-
-            import_off_the_stack("torch._dynamo")
-        original = load_image(content, opts.max_pixels, copy=False)  # only read
-        total = self.total_steps(original)
-        optimize = loop(opts.backend)
         image = None
         done, start = 0, time.perf_counter()
         with _deterministic(opts.deterministic):
-            for i, size in enumerate(opts.scales()):
-                content_i = self._prepare(original, size, "content")
+            for scale in plan.scales:
+                content_i = resize_longest(original, scale.size).to(self.device)
                 if image is None:
-                    image = reference.initial_image(content_i, opts)
+                    image = initial_image(content_i, opts)
                 else:
                     image = F.interpolate(image, size=content_i.shape[-2:], mode="bicubic", align_corners=False)
                     image = image.clamp_(0, 1)
-                steps = opts.steps_at(i)
-                tiles = self._tiles(*content_i.shape[-2:])
-                targets = self.style_targets_by_size[size]
-                if len(tiles) == 1:
-                    loss_fn = reference.build_loss(self.model, content_i, targets, opts)
-                    image = optimize(self.model, loss_fn, image, opts.replace(steps=steps),
-                                     _offset(callback, done, total, time.perf_counter() - start))  # fmt: skip
+                targets = self.style_targets_by_size[scale.size]
+                elapsed = time.perf_counter() - start
+                if not scale.tiled:
+                    loss_fn = build_loss(self.model, content_i, targets, opts)
+                    report = _shifted(callback, done, plan.total_steps, elapsed)
+                    image = plan.backend.optimize(self.model, loss_fn, image, scale.loop, report)
                 else:
-                    def report(k: int, preview, done=done) -> Callback | None:  # the k-th tile's callback
-                        return _offset(callback, done + k * steps, total, time.perf_counter() - start, preview)
-
-                    self._optimize_tiles(image, content_i, targets, tiles, steps, report)
-                done += steps * len(tiles)
+                    self._optimize_tiles(plan, scale, image, content_i, targets, callback, done, start)
+                done += scale.iterations
         if opts.preserve_colors:
             image = preserve_colors(image, content_i)
         return image.cpu()
 
-    def _optimize_tiles(self, image: torch.Tensor, content: torch.Tensor, targets, tiles: list[Tile], steps: int,
-                        report) -> None:  # fmt: skip
-        """Optimize ``image`` (in place) tile by tile, ``steps`` iterations each."""
+    def _check_executable(self, plan: Plan, content: torch.Tensor) -> None:
+        if plan.options != self.options or plan.device != self.device:
+            raise ValueError("this plan was made with other options or for another device: it can only be estimated")
+        if plan.content_shape != tuple(content.shape[-2:]):
+            raise ValueError(f"this plan is for a {plan.content_shape} image, not {tuple(content.shape[-2:])}")
+
+    def _optimize_tiles(self, plan: Plan, scale: ScalePlan, image: torch.Tensor, content: torch.Tensor, targets,
+                        callback: Callback | None, done: int, start: float) -> None:  # fmt: skip
+        """Optimize ``image`` (in place) tile by tile, each tile's iterations reported as a part of the run."""
         opts = self.options
-        optimize = loop(opts.backend)
         # Content normalized by the whole image's energy, so that every tile weighs content alike.
-        energies = reference.content_energies(self.model, [content[(..., *t.box)] for t in tiles], opts.content_layers)
+        pieces = [content[(..., *t.box)] for t in scale.tiles]
+        energies = content_energies(self.model, pieces, opts.content_layers)
         count = itertools.count()
 
         def work(tile: Tile, pixels: torch.Tensor, preview) -> torch.Tensor:
-            loss_fn = reference.build_loss(self.model, content[(..., *tile.box)], targets, opts, energies)
-            return optimize(self.model, loss_fn, pixels, opts.replace(steps=steps), report(next(count), preview))
+            loss_fn = build_loss(self.model, content[(..., *tile.box)], targets, opts, energies)
+            before = done + next(count) * scale.steps
+            report = _shifted(callback, before, plan.total_steps, time.perf_counter() - start, preview)
+            return plan.backend.optimize(self.model, loss_fn, pixels, scale.loop, report)
 
-        optimize_tiles(image, tiles, work)
+        optimize_tiles(image, list(scale.tiles), work)
 
     def stylize(self, content, callback: Callback | None = None) -> Image.Image:
         """Stylize ``content`` (path, PIL image or tensor) and return the result as a PIL image."""
         return tensor_to_pil(self.stylize_tensor(content, callback))
 
 
-def _offset(callback: Callback | None, done: int, total: int, elapsed: float, preview=None) -> Callback | None:
+def _shifted(callback: Callback | None, done: int, total: int, elapsed: float, preview=None) -> Callback | None:
     """A callback for one scale (or one tile of it) that reports steps and time as parts of the whole
     run, and — for a tile — the whole canvas with the tile blended in as the image (``preview``)."""
     if callback is None:
         return None
 
     def report(it: Iterate) -> None:
-        image = it._image if preview is None else (lambda: preview(it.image))
-        callback(Iterate(done + it.step, total, it._loss, it._losses, elapsed + it.elapsed, image, it.device))
+        image = None if preview is None else (lambda: preview(it.image))
+        callback(it.shifted(done, total, elapsed, image))
 
     return report
 
@@ -263,5 +189,3 @@ def stylize(content, style, callback: Callback | None = None, **options) -> Imag
     :class:`Options` fields. Returns a PIL image."""
     style_blend = options.pop("style_blend", None)
     return Stylizer(style, style_blend=style_blend, **options).stylize(content, callback)
-
-

@@ -1,42 +1,83 @@
-"""VGG-19 as a frozen feature extractor with named layers (conv1_1 … relu5_4, pool1 … pool5).
+"""VGG-19: its layer table, and the network as a frozen feature extractor with named layers.
 
-The input is always RGB in [0, 1], N×3×H×W; the preprocessing the weights need happens inside.
-The network is truncated after the deepest requested layer, and one forward pass returns a dict
-of the requested activations.
+:data:`LAYERS` is the one description of the network's geometry — every layer's name, kind, block,
+channels and downsampling, derived once from the five blocks' widths and depths. The weights, the
+memory estimate, the ONNX graphs and the benchmarks read it; nothing else re-derives it.
+
+The network's input is always RGB in [0, 1], N×3×H×W; the preprocessing the weights need happens
+inside. It is truncated after the deepest requested layer, and one forward pass returns a dict of the
+requested activations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import OptionsError
-from .weights import CONV_NAMES, Preprocessing, VGGWeights, load_weights
+
+if TYPE_CHECKING:
+    from .weights import Preprocessing, VGGWeights
 
 
-def _layer_names() -> tuple[str, ...]:
-    names: list[str] = []
-    for block in range(1, 6):
-        for conv in CONV_NAMES:
-            if conv[4] == str(block):
-                names += [conv, "relu" + conv[4:]]
-        names.append(f"pool{block}")
-    return tuple(names)
+@dataclass(frozen=True)
+class Layer:
+    """One layer of VGG-19."""
+
+    name: str  # conv1_1, relu1_1, ..., pool5
+    kind: str  # "conv", "relu" or "pool"
+    block: int  # 1 ... 5: the layers between two poolings, and the pooling that ends them
+    index: int  # position in the network (and in torchvision's ``vgg19().features``)
+    channels: int  # output channels
+    in_channels: int
+    stride: int  # image pixels per output position along each side: 1, 2, 4, ... 32
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The spatial size of this layer's output for a ``height``×``width`` image (floor-mode pools)."""
+        return height // self.stride, width // self.stride
 
 
-LAYER_NAMES: tuple[str, ...] = _layer_names()
+# VGG-19's five blocks: output channels and number of 3×3 convolutions (each followed by a ReLU).
+_BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
+
+
+def _layer_table() -> tuple[Layer, ...]:
+    layers: list[Layer] = []
+    in_channels, stride = 3, 1
+    for block, (channels, convs) in enumerate(_BLOCKS, start=1):
+        for i in range(1, convs + 1):
+            layers.append(Layer(f"conv{block}_{i}", "conv", block, len(layers), channels, in_channels, stride))
+            layers.append(Layer(f"relu{block}_{i}", "relu", block, len(layers), channels, channels, stride))
+            in_channels = channels
+        stride *= 2
+        layers.append(Layer(f"pool{block}", "pool", block, len(layers), channels, channels, stride))
+    return tuple(layers)
+
+
+LAYERS: tuple[Layer, ...] = _layer_table()
+LAYER: dict[str, Layer] = {layer.name: layer for layer in LAYERS}
+LAYER_NAMES: tuple[str, ...] = tuple(LAYER)
 """Every layer, in order: conv1_1, relu1_1, conv1_2, relu1_2, pool1, conv2_1, … relu5_4, pool5."""
+CONV_NAMES: tuple[str, ...] = tuple(layer.name for layer in LAYERS if layer.kind == "conv")
 
 POOLINGS = ("max", "avg")
+
+
+def conv_shape(name: str) -> tuple[int, int, int, int]:
+    """The (out, in, 3, 3) weight shape of VGG-19 convolution ``name``."""
+    layer = LAYER[name]
+    return (layer.channels, layer.in_channels, 3, 3)
 
 
 def check_layers(layers: Iterable[str]) -> tuple[str, ...]:
     """Return ``layers`` as a tuple, or raise :class:`OptionsError` naming the first unknown one."""
     layers = tuple(layers)
     for name in layers:
-        if name not in LAYER_NAMES:
+        if name not in LAYER:
             raise OptionsError(
                 f"unknown VGG-19 layer {name!r}; layers are conv1_1 … relu5_4 and pool1 … pool5 "
                 "(nst-fast --list-layers lists them)"
@@ -44,10 +85,28 @@ def check_layers(layers: Iterable[str]) -> tuple[str, ...]:
     return layers
 
 
+def deepest(layers: Iterable[str]) -> str:
+    """The deepest of ``layers``: where a network that returns them all ends."""
+    return max(check_layers(layers), key=lambda name: LAYER[name].index)
+
+
+def network(last: str) -> tuple[Layer, ...]:
+    """The layers of a network truncated after ``last``, in order."""
+    return LAYERS[: LAYER[last].index + 1]
+
+
+def blocks(last: str) -> list[list[str]]:
+    """The layer names of each block of a network truncated after ``last``: the units of activation
+    checkpointing."""
+    grouped: dict[int, list[str]] = {}
+    for layer in network(last):
+        grouped.setdefault(layer.block, []).append(layer.name)
+    return list(grouped.values())
+
+
 def min_image_side(layers: Iterable[str]) -> int:
     """Smallest image side for which every layer in ``layers`` is at least 1×1."""
-    deepest = max(LAYER_NAMES.index(n) for n in check_layers(layers))
-    return 2 ** sum(1 for n in LAYER_NAMES[: deepest + 1] if n.startswith("pool"))
+    return LAYER[deepest(layers)].stride
 
 
 class Preprocess(nn.Module):
@@ -71,7 +130,8 @@ class VGG19(nn.Module):
 
     Args:
         layers: the layer names whose activations ``forward`` returns; the network ends at the deepest.
-        weights: a :class:`VGGWeights`, or a source for :func:`load_weights` ("caffe", "torchvision", a path).
+        weights: a :class:`~nst_fast.weights.VGGWeights`, or a source for
+            :func:`~nst_fast.weights.load_weights` ("caffe", "torchvision", a path).
         pooling: "max" (VGG's own) or "avg" (Gatys et al.'s choice for image synthesis).
     """
 
@@ -82,39 +142,34 @@ class VGG19(nn.Module):
             raise OptionsError("VGG19 needs at least one layer to return")
         if pooling not in POOLINGS:
             raise OptionsError(f"unknown pooling {pooling!r}; use 'max' or 'avg'")
-        if not isinstance(weights, VGGWeights):
+        if isinstance(weights, str):
+            from .weights import load_weights  # weights.py reads this module's layer table
+
             weights = load_weights(weights)
         self.weights_source = weights.source
         self.pooling = pooling
         self.preprocess = Preprocess(weights.preprocessing)
-        last = max(LAYER_NAMES.index(n) for n in self.layers)
         wanted = set(self.layers)
         self.body = nn.ModuleDict()
-        for i, name in enumerate(LAYER_NAMES[: last + 1]):
-            if name.startswith("conv"):
-                weight, bias = weights.convs[name]
-                conv = nn.Conv2d(weight.shape[1], weight.shape[0], 3, padding=1)
+        for layer in network(deepest(self.layers)):
+            if layer.kind == "conv":
+                weight, bias = weights.convs[layer.name]
+                conv = nn.Conv2d(layer.in_channels, layer.channels, 3, padding=1)
                 with torch.no_grad():
                     conv.weight.copy_(weight)
                     conv.bias.copy_(bias)
-                self.body[name] = conv
-            elif name.startswith("relu"):
+                self.body[layer.name] = conv
+            elif layer.kind == "relu":
                 # In place unless the convolution's output is itself requested.
-                self.body[name] = nn.ReLU(inplace=LAYER_NAMES[i - 1] not in wanted)
+                self.body[layer.name] = nn.ReLU(inplace=LAYER_NAMES[layer.index - 1] not in wanted)
             else:
-                self.body[name] = nn.MaxPool2d(2) if pooling == "max" else nn.AvgPool2d(2)
+                self.body[layer.name] = nn.MaxPool2d(2) if pooling == "max" else nn.AvgPool2d(2)
         self.requires_grad_(False)
         self.eval()
 
     def blocks(self) -> list[list[str]]:
-        """The layer names of each block (conv{b}_1 … pool{b}), truncated like the network: the units
-        of activation checkpointing."""
-        blocks: list[list[str]] = []
-        for name in self.body:
-            if name.endswith("_1") and name.startswith("conv") or not blocks:
-                blocks.append([])
-            blocks[-1].append(name)
-        return blocks
+        """The layer names of each block (conv{b}_1 … pool{b}), truncated like the network."""
+        return blocks(self.last_layer)
 
     @property
     def last_layer(self) -> str:

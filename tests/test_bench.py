@@ -56,10 +56,11 @@ def test_measure_step_isolated_reports_memory():
 
 def test_every_backend_and_precision_measures_a_finite_loss():
     images = bench.default_images()
-    for backend, precisions in bench.BACKENDS.items():
-        for precision in precisions:
-            m = bench.measure_step(backend, precision, 32, "cpu", rounds=1, warmup=0, images=images)
-            assert m.ms_median > 0 and m.loss == m.loss and m.loss > 0, (backend, precision)
+    configurations = bench.configurations("cpu")
+    assert {b for b, _ in configurations} == {"reference", "torch", "onnxruntime"}
+    for backend, precision in configurations:
+        m = bench.measure_step(backend, precision, 32, "cpu", rounds=1, warmup=0, images=images)
+        assert m.ms_median > 0 and m.loss == m.loss and m.loss > 0, (backend, precision)
 
 
 def test_info(capsys):

@@ -14,6 +14,7 @@ import nst_fast
 from nst_fast import Options, Stylizer
 from nst_fast.cli import main
 from nst_fast.color import rgb_to_ycbcr
+from nst_fast.plan import schedule
 
 TINY = ["--size", "40", "--steps", "2", "-q"]
 
@@ -25,11 +26,10 @@ def run(argv, capsys):
 
 
 def test_pyramid_scales_and_steps():
-    o = Options(size=2048, steps=100)
-    assert o.scales() == [512, 1024, 2048] and [o.steps_at(i) for i in range(3)] == [100, 50, 50]
-    assert Options(size=1500, pyramid_start=512).scales() == [375, 750, 1500]
-    assert Options(size=512).scales() == [512] and Options(size=4096, pyramid_start=0).scales() == [4096]
-    assert Options(size=2048, pyramid_steps=7).steps_at(2) == 7
+    assert schedule(Options(size=2048, steps=100)) == ((512, 100), (1024, 50), (2048, 50))
+    assert [size for size, _ in schedule(Options(size=1500, pyramid_start=512))] == [375, 750, 1500]
+    assert schedule(Options(size=512)) == ((512, 120),) and schedule(Options(size=4096, pyramid_start=0)) == ((4096, 120),)
+    assert schedule(Options(size=2048, pyramid_steps=7))[2] == (2048, 7)
 
 
 def test_pyramid_run_reports_every_step_and_ends_at_full_size():

@@ -1,15 +1,15 @@
-"""The torch backend (nst_fast.engine) and its device-resident L-BFGS, against the reference."""
+"""The torch backend (nst_fast.backends.engine) and its device-resident L-BFGS, against the reference."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nst_fast import Stylizer, reference
-from nst_fast.engine import cpu_supports_bf16, resolve_precision
+from nst_fast import Stylizer, objective
+from nst_fast.backends.precision import cpu_supports_bf16, resolve_precision
 from nst_fast.errors import NstError
 from nst_fast.image import load_image, resize_longest
-from nst_fast.lbfgs import DeviceLBFGS
+from nst_fast.backends.lbfgs import DeviceLBFGS
 
 CPU = torch.device("cpu")
 
@@ -63,7 +63,7 @@ def test_device_lbfgs_follows_torch_lbfgs():
 
 @pytest.mark.parametrize(("n", "history", "steps"), [(30, 6, 20), (120, 48, 60)])
 def test_compact_lbfgs_equals_the_two_loop_recursion(n, history, steps):
-    from nst_fast.lbfgs import CompactLBFGS
+    from nst_fast.backends.lbfgs import CompactLBFGS
 
     torch.manual_seed(1)
     a = torch.randn(n, n, dtype=torch.float64)
@@ -95,7 +95,7 @@ def test_lbfgs_skips_a_pair_whose_y_is_noise(kind):
     orthogonal to s, with sᵀy of either sign. Such a pair, accepted because sᵀy > 0 by chance, had
     ρ = 1/sᵀy of ~10⁷ and sent the next step to a loss 80× the start (benchmarks/NOTES.md §9); it must
     be skipped, and a pair of real curvature (a quadratic's) kept."""
-    import nst_fast.lbfgs as lbfgs
+    import nst_fast.backends.lbfgs as lbfgs
 
     torch.manual_seed(0)
     n = 100_000
@@ -121,8 +121,8 @@ def test_lbfgs_skips_a_pair_whose_y_is_noise(kind):
 
 
 def _judged(stylizer, content, image):
-    loss_fn = reference.build_loss(stylizer.model, content, stylizer.style_targets, stylizer.options)
-    return reference.evaluate_loss(stylizer.model, loss_fn, image)["total"]
+    loss_fn = objective.build_loss(stylizer.model, content, stylizer.style_targets, stylizer.options)
+    return objective.evaluate_loss(stylizer.model, loss_fn, image)["total"]
 
 
 @pytest.mark.slow
@@ -204,11 +204,11 @@ def test_engine_callback_reads_are_lazy():
 
 
 def test_checkpointed_loss_equals_the_plain_loss(tubingen, starry_night):
-    from nst_fast.engine import checkpointed_loss
+    from nst_fast.backends.engine import checkpointed_loss
 
     stylizer = Stylizer(starry_night, size=48, tv_weight=0.5)
     content = resize_longest(load_image(tubingen), 48)
-    loss_fn = reference.build_loss(stylizer.model, content, stylizer.style_targets, stylizer.options)
+    loss_fn = objective.build_loss(stylizer.model, content, stylizer.style_targets, stylizer.options)
     x = torch.rand_like(content).requires_grad_()
     plain, plain_terms = loss_fn(stylizer.model(x), x)
     (plain_grad,) = torch.autograd.grad(plain, x)

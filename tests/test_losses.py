@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nst_fast import losses
+from nst_fast.objective import StyleTransferLoss
 
 SHAPES = [(1, 3, 5, 7), (2, 8, 6, 6), (3, 16, 9, 4), (2, 64, 11, 13)]
 
@@ -112,7 +113,7 @@ def test_content_batches_must_fit():
 def test_total_loss_combines_weighted_terms():
     a_C, a_S, a_G = rand(1, 4, 6, 6), rand(1, 4, 6, 6), rand(1, 4, 6, 6)
     image = torch.rand(1, 3, 8, 8, dtype=torch.float64)
-    loss = losses.StyleTransferLoss({"x": a_C}, {"x": losses.style_target(a_S)}, {"x": 1.0}, 2.0, 30.0, 0.5)
+    loss = StyleTransferLoss({"x": a_C}, {"x": losses.style_target(a_S)}, {"x": 1.0}, 2.0, 30.0, 0.5)
     total, terms = loss({"x": a_G}, image)
     close(terms["content"], 2.0 * content_f64(a_C, a_G))
     close(terms["style"], 30.0 * style_layer_f64(a_S, a_G))

@@ -15,8 +15,11 @@ ort = pytest.importorskip("onnxruntime")
 from nst_fast import Options, Stylizer  # noqa: E402
 from nst_fast.cli import main  # noqa: E402
 from nst_fast.errors import NstError, OptionsError  # noqa: E402
-from nst_fast.losses import StyleTransferLoss, style_target  # noqa: E402
-from nst_fast.onnx import backend, export  # noqa: E402
+from nst_fast.backends import LoopSpec  # noqa: E402
+from nst_fast.backends import onnxruntime as backend  # noqa: E402
+from nst_fast.losses import style_target  # noqa: E402
+from nst_fast.objective import StyleTransferLoss, build_loss  # noqa: E402
+from nst_fast.onnx import builder, export, graphs  # noqa: E402
 from nst_fast.vgg import VGG19  # noqa: E402
 from nst_fast.weights import load_weights  # noqa: E402
 
@@ -101,7 +104,7 @@ def test_features_match_pytorch_at_two_sizes_from_one_file(caffe, tmp_path, pool
 
 def test_features_reject_layers_deeper_than_the_model(caffe):
     with pytest.raises(OptionsError, match="deeper than the network"):
-        export.build_features_graph(VGG19(["relu2_1"], caffe), ["relu3_1"])
+        graphs.build_features_graph(VGG19(["relu2_1"], caffe), ["relu3_1"])
 
 
 # --- the step graph --------------------------------------------------------------------------------
@@ -120,13 +123,13 @@ CASES = [
 def test_step_graph_matches_autograd(caffe, pooling, content, style, size, tv, targets):
     model = VGG19([*content, *style], caffe, pooling)
     loss_fn = make_loss(model, content, style, size, tv, style_size=(size[0] + 8, size[1] - 4))
-    proto = export.build_step_graph(model, loss_fn, targets)
+    proto = graphs.build_step_graph(model, loss_fn, targets)
     onnx.checker.check_model(proto, full_check=True)
     sess = session(proto)
     inputs = {i.name for i in sess.get_inputs()}
     assert (inputs == {"image"}) == (targets == "initializers")
     image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(2))
-    feeds = {"image": image.numpy(), **{k: v for k, v in export.step_feeds(loss_fn).items() if k in inputs}}
+    feeds = {"image": image.numpy(), **{k: v for k, v in graphs.step_feeds(loss_fn).items() if k in inputs}}
     names = [o.name for o in sess.get_outputs()]
     out = dict(zip(names, sess.run(None, feeds)))
     # The oracle is torch autograd in float64 at the same image: the float32 engines differ from it by
@@ -148,11 +151,11 @@ def test_step_graph_matches_autograd(caffe, pooling, content, style, size, tv, t
 
 def test_one_inputs_graph_serves_other_sizes_and_targets(caffe):
     model = VGG19(["relu2_1", "relu3_1"], caffe, "max")
-    sess = session(export.build_step_graph(model, make_loss(model, ["relu3_1"], ["relu2_1"], (32, 32))))
+    sess = session(graphs.build_step_graph(model, make_loss(model, ["relu3_1"], ["relu2_1"], (32, 32))))
     for size in ((40, 24), (37, 53)):
         loss_fn = make_loss(model, ["relu3_1"], ["relu2_1"], size, seed=size[0])
         image = torch.rand(1, 3, *size)
-        loss, grad = sess.run(["loss", "grad"], {"image": image.numpy(), **export.step_feeds(loss_fn)})
+        loss, grad = sess.run(["loss", "grad"], {"image": image.numpy(), **graphs.step_feeds(loss_fn)})
         ref_loss, _, ref_grad = autograd64(model, loss_fn, image)
         assert abs(loss - ref_loss) / ref_loss < 1e-4 and rel(grad, ref_grad) < 1e-4
 
@@ -161,7 +164,7 @@ def test_step_graph_uses_standard_ops_only(caffe):
     model = VGG19(["relu4_2", *STYLE], caffe, "max")
     loss_fn = make_loss(model, ["relu4_2"], STYLE, (32, 32), tv=1.0)
     for dtype in ("float32", "float16"):
-        proto = export.build_step_graph(model, loss_fn, "inputs", dtype)
+        proto = graphs.build_step_graph(model, loss_fn, "inputs", dtype)
         ops = {n.op_type for n in proto.graph.node}
         assert ops <= ALLOWED_OPS, ops - ALLOWED_OPS
         assert "MaxUnpool" not in ops
@@ -178,10 +181,10 @@ def test_float16_step_is_close_to_float32(caffe):
     model = VGG19(["relu4_2", *STYLE], caffe, "avg")
     loss_fn = make_loss(model, ["relu4_2"], STYLE, (48, 48))
     image = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(3))
-    feeds = {"image": image.numpy(), **export.step_feeds(loss_fn)}
-    out32 = session(export.build_step_graph(model, loss_fn, dtype=torch.float32)).run(["loss", "grad"], feeds)
+    feeds = {"image": image.numpy(), **graphs.step_feeds(loss_fn)}
+    out32 = session(graphs.build_step_graph(model, loss_fn, dtype=torch.float32)).run(["loss", "grad"], feeds)
     try:
-        sess16 = session(export.build_step_graph(model, loss_fn, dtype=torch.float16))
+        sess16 = session(graphs.build_step_graph(model, loss_fn, dtype=torch.float16))
     except Exception as e:  # noqa: BLE001 — an onnxruntime without CPU float16 kernels
         pytest.skip(f"this onnxruntime cannot run float16 convolutions on the CPU: {e}")
     out16 = sess16.run(["loss", "grad"], feeds)
@@ -192,11 +195,11 @@ def test_float16_step_is_close_to_float32(caffe):
 
 def test_max_pool_backward_sends_ties_to_the_first_maximum():
     """The pool backward alone, on integers with many ties and odd sides, against torch: exact."""
-    b = export._Builder("float32")
+    b = builder.GraphBuilder("float32")
     x = b.input("x", onnx.TensorProto.FLOAT, ["n", 5, "h", "w"])
     g = b.input("g", onnx.TensorProto.FLOAT, ["n", 5, "hp", "wp"])
     y = b.op("MaxPool", [x], outputs=["y"], kernel_shape=[2, 2], strides=[2, 2])
-    b.output(export._pool_backward(b, "pool", x, y, g, True, 5), "dx", onnx.TensorProto.FLOAT, None)
+    b.output(graphs._pool_backward(b, "pool", x, y, g, True, 5), "dx", onnx.TensorProto.FLOAT, None)
     sess = session(b.model("pool_backward", ""))
     gen = torch.Generator().manual_seed(0)
     for h, w in ((6, 8), (7, 9), (5, 4)):
@@ -211,9 +214,9 @@ def test_max_pool_backward_sends_ties_to_the_first_maximum():
 def test_step_graph_rejects_layers_the_model_lacks(caffe):
     loss_fn = make_loss(VGG19(["relu1_1", "relu3_1"], caffe), ["relu3_1"], ["relu1_1"], (16, 16))
     with pytest.raises(OptionsError, match="deeper than the network"):
-        export.build_step_graph(VGG19(["relu2_1"], caffe), loss_fn)
+        graphs.build_step_graph(VGG19(["relu2_1"], caffe), loss_fn)
     with pytest.raises(OptionsError, match="targets must be"):
-        export.build_step_graph(VGG19(["relu1_1", "relu3_1"], caffe), loss_fn, targets="baked")
+        graphs.build_step_graph(VGG19(["relu1_1", "relu3_1"], caffe), loss_fn, targets="baked")
 
 
 # --- the onnxruntime loop --------------------------------------------------------------------------
@@ -268,13 +271,11 @@ def test_sessions_are_cached_between_runs(monkeypatch):
 
 
 def test_non_finite_loss_stops_with_one_line():
-    from nst_fast import reference
-
     stylizer = small_stylizer(backend="onnxruntime")
     content = torch.rand(1, 3, 40, 40)
-    loss_fn = reference.build_loss(stylizer.model, content, stylizer.style_targets, stylizer.options)
+    loss_fn = build_loss(stylizer.model, content, stylizer.style_targets, stylizer.options)
     with pytest.raises(NstError, match="the loss became nan at step 1"):
-        backend.optimize(stylizer.model, loss_fn, torch.full_like(content, float("nan")), stylizer.options)
+        backend.optimize(stylizer.model, loss_fn, torch.full_like(content, float("nan")), LoopSpec(steps=4))
 
 
 def test_onnxruntime_stylization_lowers_the_loss_as_torch_does(tubingen, starry_night):
@@ -291,7 +292,7 @@ def test_onnxruntime_stylization_lowers_the_loss_as_torch_does(tubingen, starry_
 def test_bench_registers_the_backend():
     from nst_fast import bench
 
-    assert "onnxruntime" in bench.BACKENDS and "onnxruntime" in bench.LOOPS
+    assert ("onnxruntime", "fp32") in bench.configurations("cpu")
     gen = torch.Generator().manual_seed(0)
     images = (torch.rand(1, 3, 32, 32, generator=gen), torch.rand(1, 3, 32, 32, generator=gen))
     m = bench.measure_step("onnxruntime", "fp32", size=32, device="cpu", rounds=2, warmup=1, images=images)

@@ -88,8 +88,9 @@ def test_a_tiled_run_reports_every_tile_and_blends_without_seams(tubingen, starr
     content = resize_longest(load_image(tubingen), 128)  # 128×96
     stylizer = Stylizer(starry_night, size=128, pyramid_start=64, steps=20, pyramid_steps=10, tile=64)
     plan = stylizer.plan(content)
-    assert [size for size, _ in plan] == [64, 128] and len(plan[0][1]) == 1 and len(plan[1][1]) == 6
-    assert stylizer.total_steps(content) == 20 + 10 * 6
+    assert [s.size for s in plan.scales] == [64, 128] and len(plan.scales[0].tiles) == 1
+    assert len(plan.scales[1].tiles) == 6 and plan.total_steps == 20 + 10 * 6
+    tiles = plan.scales[1].tiles
     seen = []
     out = stylizer.stylize_tensor(content, callback=lambda it: seen.append((it.step, it.steps, it.image.shape)))
     assert [s for s, _, _ in seen] == list(range(1, 81)) and {n for _, n, _ in seen} == {80}
@@ -97,8 +98,8 @@ def test_a_tiled_run_reports_every_tile_and_blends_without_seams(tubingen, starr
     assert out.shape == (1, 3, 96, 128) and torch.isfinite(out).all()
     # No seams: the step between neighbouring columns (rows) at the tiles' edges is no larger than
     # elsewhere in the image.
-    for dim, edges in ((3, {t.left for t in plan[1][1]} | {t.left + t.width for t in plan[1][1]}),
-                       (2, {t.top for t in plan[1][1]} | {t.top + t.height for t in plan[1][1]})):  # fmt: skip
+    for dim, edges in ((3, {t.left for t in tiles} | {t.left + t.width for t in tiles}),
+                       (2, {t.top for t in tiles} | {t.top + t.height for t in tiles})):  # fmt: skip
         steps = out.diff(dim=dim).abs().mean(dim=(0, 1, 5 - dim))
         at_edges = torch.stack([steps[e - 1] for e in edges if 0 < e < out.shape[dim]])
         assert at_edges.max() < 2 * steps.median(), (dim, at_edges, steps.median())
@@ -109,7 +110,7 @@ def test_tiles_lower_the_memory_estimate_and_the_cli_suggests_them(images, tmp_p
 
     content, style = images
     stylizer = Stylizer(style, size=256)
-    tiled, whole = stylizer.memory_estimate(content, tile=64), stylizer.memory_estimate(content)
+    tiled, whole = stylizer.plan(content, tile=64).estimate, stylizer.plan(content).estimate
     assert tiled.total - tiled.weights < (whole.total - whole.weights) / 4  # 64² of 256×192 px at a time
     whole = whole.total
     monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: whole // 2)

@@ -1,13 +1,13 @@
 """The ``onnxruntime`` backend: the optimization loop with ONNX Runtime computing the loss and its gradient.
 
-ONNX Runtime runs the step graph of :func:`nst_fast.onnx.export.build_step_graph` (targets and weights
+ONNX Runtime runs the step graph of :func:`nst_fast.onnx.graphs.build_step_graph` (targets and weights
 as inputs, so that one graph — and one session, and one TensorRT engine — serves every image of a
 configuration); torch's L-BFGS or Adam updates the image outside it, from the ``grad`` output.
 
 Execution providers: TensorRT → CUDA → CPU, among those the installed onnxruntime has
 (:func:`choose_providers`); ``--device cpu`` means CPU only, and ``NST_FAST_ORT_PROVIDERS`` (for example
 ``cuda`` or ``tensorrt,cuda,cpu``) chooses them explicitly. The choice is printed to stderr when a
-session is created. On a GPU the image, targets, loss and gradient are torch CUDA tensors bound to the
+session is created (logged on the ``nst_fast`` logger, which the CLI prints). On a GPU the image, targets, loss and gradient are torch CUDA tensors bound to the
 session (IO binding): nothing crosses to the host per iteration but the loss values. Sessions are cached
 per (graph, providers) for the process, and TensorRT's engines (a folder per graph) and timing cache on
 disk, under ``$XDG_CACHE_HOME/nst-fast/tensorrt`` (``~/.cache/...``), so that a second run — in this
@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 import threading
 import time
 import weakref
@@ -32,11 +31,11 @@ import torch
 
 from ..callbacks import Callback
 from ..errors import OptionsError
-from ..losses import StyleTransferLoss
-from ..options import Options
-from ..reference import optimizer_loop
+from ..objective import StyleTransferLoss
+from ..onnx.graphs import build_step_graph, step_feeds
 from ..vgg import VGG19
-from .export import build_step_graph, step_feeds
+from . import LoopSpec
+from .reference import optimizer_loop
 
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PREFERENCE = (TENSORRT, CUDA, CPU)
@@ -46,14 +45,7 @@ PROVIDERS_ENV = "NST_FAST_ORT_PROVIDERS"
 # weights: ~15% faster than ConvTranspose on ONNX Runtime's CPU provider, the same result.
 CONV_BACKWARD = "conv"
 
-log = logging.getLogger("nst_fast.onnx")
-if not log.handlers:
-    _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(logging.Formatter("nst-fast: %(message)s"))
-    log.addHandler(_handler)
-    log.propagate = False
-if log.level == logging.NOTSET:
-    log.setLevel(logging.INFO)  # the CLI's --quiet sets WARNING
+log = logging.getLogger(__name__)
 
 
 def _ort():
@@ -93,13 +85,9 @@ def choose_providers(requested: str | Iterable[str] | None = None) -> list[str]:
     return chosen
 
 
-def _requested_providers(options: Options) -> list[str]:
-    env = os.environ.get(PROVIDERS_ENV, "").strip()
-    if env:
-        return choose_providers(env)
-    if options.device == "cpu":
-        return choose_providers("cpu")
-    return choose_providers(None)
+def requested_providers(requested: str | None) -> list[str]:
+    """The providers for a run: ``NST_FAST_ORT_PROVIDERS`` when set, else those the plan asked for."""
+    return choose_providers(os.environ.get(PROVIDERS_ENV, "").strip() or requested)
 
 
 def trt_cache_dir() -> Path:
@@ -196,8 +184,7 @@ class OrtStep:
         self.session = session(_graph_bytes(model, loss_fn), self.providers, device_id)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.terms = [n for n in self.outputs if n not in ("loss", "grad")]
-        inputs = {i.name for i in self.session.get_inputs()}
-        feeds = {k: v for k, v in step_feeds(loss_fn).items() if k in inputs}
+        feeds = step_feeds(loss_fn, inputs=[i.name for i in self.session.get_inputs()])
         if self.device.type == "cuda":
             self._targets = {k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()}
             self._binding = None
@@ -238,18 +225,25 @@ class OrtStep:
 
 
 def optimize(
-    model: VGG19,
-    loss_fn: StyleTransferLoss,
-    image: torch.Tensor,
-    options: Options,
-    callback: Callback | None = None,
+    model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, spec: LoopSpec, callback: Callback | None = None
 ) -> torch.Tensor:
-    """:func:`nst_fast.reference.optimize` with ONNX Runtime computing the loss and gradient: optimize
-    ``image`` for ``options.steps`` evaluations of the loss and return it clamped to [0, 1]."""
-    step_fn = OrtStep(model, loss_fn, image, _requested_providers(options))
+    """The reference's loop with ONNX Runtime computing the loss and gradient: optimize ``image`` for
+    ``spec.steps`` evaluations of the loss and return it clamped to [0, 1]."""
+    step_fn = OrtStep(model, loss_fn, image, requested_providers(spec.providers))
     if image.device == step_fn.device and image.dtype == torch.float32 and image.is_contiguous():
         x = image.detach()  # modified in place, as the reference does
     else:
         x = image.detach().to(step_fn.device, torch.float32).contiguous()
     x.requires_grad_(True)
-    return optimizer_loop(x, options, lambda x: step_fn(x.detach()), callback).to(image.device)
+    return optimizer_loop(x, spec, lambda x: step_fn(x.detach()), callback).to(image.device)
+
+
+def make_step(model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, spec: LoopSpec):
+    """One loss-and-gradient evaluation of the step graph per call, returning the loss."""
+    run = OrtStep(model, loss_fn, image, requested_providers(spec.providers))
+    x = image.to(run.device, torch.float32).contiguous()
+
+    def step() -> torch.Tensor:
+        return torch.tensor(run(x)[0])
+
+    return step

@@ -1,0 +1,247 @@
+"""The fast loop — the "torch" backend: mixed precision, channels_last, a device-resident optimizer,
+and no host synchronisation per iteration on a GPU.
+
+It optimizes the same loss as the reference (the same :class:`~nst_fast.objective.StyleTransferLoss`,
+whose Gram and style-loss math runs in float32 through :mod:`nst_fast.ops`), with the same ``steps``
+semantics. What differs is how an iteration runs:
+
+- the convolutions run under autocast in bf16 or fp16 (or fp32 / TF32), in channels_last layout;
+- optionally each VGG block is recomputed in the backward pass (``spec.checkpoint``), the network is
+  compiled (``graph="compile"``) or the whole iteration is captured in a CUDA graph (``graph="cuda"``);
+- the optimizer is :class:`~nst_fast.backends.lbfgs.DeviceLBFGS` (torch.optim.LBFGS's algorithm
+  without its host-side branches) or Adam (fused on CUDA), so nothing is read back unless the callback
+  asks;
+- a non-finite loss stops the run with a clear error (checked every step on a CPU, where it is free,
+  and whenever the loss is read on a GPU).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.utils.checkpoint
+
+from ..callbacks import Callback, Iterate
+from ..errors import DivergedError, OptionsError
+from ..objective import StyleTransferLoss
+from ..vgg import VGG19
+from . import LoopSpec
+from .imports import import_off_the_stack
+from .lbfgs import CompactLBFGS, DeviceLBFGS
+from .precision import Precision, tf32
+
+# Steps run eagerly before a CUDA graph is captured: the optimizer's first step differs from the rest,
+# and capture needs kernels already chosen and loaded (cuDNN autotuning, lazy module loading).
+WARMUP_STEPS = 3
+
+
+def _block_terms(model: VGG19, loss_fn: StyleTransferLoss, block: list[str], x: torch.Tensor):
+    """Run one VGG block from its input; return its output and the content and style terms its layers
+    contribute (as tensors, zero where none)."""
+    content = style = x.new_zeros((), dtype=torch.float32)
+    for name in block:
+        x = model.body[name](x)
+        if name in model.layers:
+            terms = loss_fn.layer_terms(name, x)
+            content = content + terms.get("content", 0.0)
+            style = style + terms.get("style", 0.0)
+    return x, content, style
+
+
+def checkpointed_loss(model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor):
+    """The loss, with each VGG block's activations — and the loss terms computed from them — recomputed
+    in the backward pass instead of kept: what autograd keeps falls to the blocks' inputs, and the peak
+    to about one block's activations, for the cost of a second forward pass."""
+    x = model.preprocess(image)
+    content = style = image.new_zeros((), dtype=torch.float32)
+    for block in model.blocks():
+        # No randomness in VGG: skipping the RNG state saves time and lets CUDA graphs capture this.
+        x, c, s = torch.utils.checkpoint.checkpoint(
+            _block_terms, model, loss_fn, block, x, use_reentrant=False, preserve_rng_state=False
+        )
+        content, style = content + c, style + s
+    terms = {}
+    if loss_fn.content_targets:
+        terms["content"] = content
+    if loss_fn.style_targets:
+        terms["style"] = style
+    terms.update(loss_fn.image_terms(image))
+    return sum(terms.values()), terms
+
+
+def compiled(model: VGG19):
+    """``torch.compile(model)``, once per model: the network is what compiles, not the loss, whose
+    targets and weights change with every image and tile and would each force a recompilation. A new
+    image size recompiles, after which the changed dimension is dynamic."""
+    if "_nst_compiled" not in model.__dict__:
+        import_off_the_stack("torch._dynamo")
+        # Kept on the model (not in a registry, which would keep every model alive), and set past
+        # nn.Module.__setattr__ so that it is no submodule.
+        object.__setattr__(model, "_nst_compiled", torch.compile(model))
+    return model.__dict__["_nst_compiled"]
+
+
+class Evaluator:
+    """Loss and image gradient at the current iterate ``image``, in the run's precision."""
+
+    # fp16 gradients of a loss of order one underflow; scale the loss up before backward and the
+    # gradient back down after. The losses are normalized (order one), so a fixed scale serves.
+    FP16_LOSS_SCALE = 2.0**12
+
+    def __init__(
+        self,
+        model: VGG19,
+        loss_fn: StyleTransferLoss,
+        image: torch.Tensor,
+        precision: Precision,
+        checkpoint: bool = False,
+        compile: bool = False,  # noqa: A002 — torch.compile's name
+        autocast_cache: bool = True,
+    ):
+        self.model, self.loss_fn, self.image, self.precision = model, loss_fn, image, precision
+        self.scale = self.FP16_LOSS_SCALE if precision.autocast_dtype == torch.float16 else None
+        self.checkpoint = checkpoint
+        if checkpoint:  # torch.utils.checkpoint imports torch._dynamo on its first call
+            import_off_the_stack("torch._dynamo")
+        # A CUDA graph must not capture autocast's weight cache (it is freed when autocast exits).
+        self.autocast_cache = autocast_cache
+        self.network = compiled(model) if compile and not checkpoint else model
+
+    def loss_and_terms(self, x: torch.Tensor):
+        dtype = self.precision.autocast_dtype
+        with torch.autocast(
+            x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=self.autocast_cache
+        ):
+            if self.checkpoint:
+                return checkpointed_loss(self.model, self.loss_fn, x)
+            acts = self.network(x)
+        return self.loss_fn(acts, x)
+
+    def __call__(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        x = self.image
+        with torch.no_grad():
+            x.clamp_(0, 1)
+        loss, terms = self.loss_and_terms(x)
+        (grad,) = torch.autograd.grad(loss * self.scale if self.scale else loss, x)
+        if self.scale:
+            grad = torch.nan_to_num(grad.float().div_(self.scale), nan=0.0, posinf=0.0, neginf=0.0)
+        return loss.detach(), {k: v.detach() for k, v in terms.items()}, grad
+
+
+class _Run:
+    """One optimization's state — iterate, optimizer, best iterate — and its iteration, :meth:`iterate`:
+    what :func:`optimize` repeats and :func:`make_step` times."""
+
+    def __init__(self, model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, spec: LoopSpec, show: bool):
+        device = image.device
+        if spec.graph == "cuda" and device.type != "cuda":
+            raise OptionsError(f"graph 'cuda' captures CUDA graphs and needs a CUDA device, not {device.type}")
+        self.spec = spec
+        model.to(memory_format=torch.channels_last)
+        x = image.detach().clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        self.x = x
+        self.evaluate = Evaluator(
+            model, loss_fn, x, spec.precision, spec.checkpoint, spec.graph == "compile", spec.graph != "cuda"
+        )
+        if spec.optimizer == "lbfgs":
+            lbfgs = (CompactLBFGS if spec.graph == "cuda" else DeviceLBFGS)(x, spec.learning_rate, spec.history)
+            self.update = lbfgs.step
+        else:
+            import_off_the_stack("torch._dynamo")  # torch.optim imports it on first use
+            kind = {"fused": True, "capturable": spec.graph == "cuda"} if device.type == "cuda" else {"foreach": True}
+            adam = torch.optim.Adam([x], lr=spec.learning_rate, **kind)
+
+            def update(grad: torch.Tensor) -> None:
+                x.grad = grad.to(x.dtype)
+                adam.step()
+
+            self.update = update
+        # L-BFGS without a line search does not descend monotonically: a step can overshoot and the loss
+        # rise for a few iterations. The run returns the best iterate it evaluated, tracked on the device
+        # (torch.where, no host read), so that a late rise does not become the output.
+        self.best = x.detach().clone()
+        self.best_loss = torch.full((), math.inf, device=device)
+        # What a callback sees: the iterate just evaluated (the update that follows it moves x).
+        self.shown = torch.empty_like(self.best) if show else None
+        self.replay = _captured(self._step) if spec.graph == "cuda" else None
+        self.tf32 = spec.precision.name == "tf32" and device.type == "cuda"
+
+    def _step(self, apply_update: bool):
+        loss, terms, grad = self.evaluate()
+        with torch.no_grad():
+            better = loss < self.best_loss
+            torch.where(better, self.x, self.best, out=self.best)
+            torch.where(better, loss, self.best_loss, out=self.best_loss)
+            if self.shown is not None:
+                self.shown.copy_(self.x)
+        if apply_update:
+            self.update(grad)
+        return loss, terms
+
+    def iterate(self, n: int, last: bool):
+        """The ``n``-th iteration (from 1): evaluation and, unless ``last`` (as torch.optim.LBFGS: no
+        update after the last evaluation), the update; from a captured CUDA graph after the warm-up."""
+        if self.replay is not None and not last and n > WARMUP_STEPS:
+            return self.replay()
+        return self._step(apply_update=not last)
+
+
+def optimize(
+    model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, spec: LoopSpec, callback: Callback | None = None
+) -> torch.Tensor:
+    """Optimize ``image`` for ``spec.steps`` loss evaluations; return the best iterate, clamped to [0, 1]."""
+    run = _Run(model, loss_fn, image, spec, show=callback is not None)
+    check_every = 1 if image.device.type == "cpu" else 50
+    start = time.perf_counter()
+    with tf32(run.tf32):
+        for n in range(1, spec.steps + 1):
+            last = n == spec.steps
+            loss, terms = run.iterate(n, last)
+            if n % check_every == 0 or last:
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise DivergedError(f"the loss became {value} by step {n}; lower --lr, or the weights")
+            if callback is not None:
+                callback(Iterate(n, spec.steps, loss, terms, time.perf_counter() - start, run.shown))
+    return run.best.clamp_(0, 1).contiguous()
+
+
+def make_step(
+    model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, spec: LoopSpec
+) -> Callable[[], torch.Tensor]:
+    """One iteration of :func:`optimize`'s loop per call — evaluation, gradient, best-iterate tracking
+    and the optimizer's update, replayed from a CUDA graph with ``graph="cuda"`` after the warm-up
+    steps — returning the loss (on the device)."""
+    run = _Run(model, loss_fn, image, spec, show=False)
+    count = 0
+
+    def step() -> torch.Tensor:
+        nonlocal count
+        count += 1
+        with tf32(run.tf32):
+            return run.iterate(count, last=False)[0]
+
+    return step
+
+
+def _captured(step):
+    """A function that runs ``step(True)`` — evaluation, best-iterate tracking and the update — by
+    replaying a CUDA graph captured on first use after the warm-up steps; it returns copies of the
+    loss and terms (the graph's outputs are overwritten by the next replay)."""
+    graph: torch.cuda.CUDAGraph | None = None
+    outputs = None
+
+    def replay():
+        nonlocal graph, outputs
+        if graph is None:  # torch.cuda.graph captures on a side stream of its own
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs = step(True)
+        graph.replay()
+        loss, terms = outputs
+        return loss.clone(), {k: v.clone() for k, v in terms.items()}
+
+    return replay

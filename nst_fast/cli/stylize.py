@@ -1,0 +1,172 @@
+"""``nst-fast [CONTENT STYLE...]``: stylize one image, or a directory or glob of them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import sys
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..callbacks import Callbacks, JsonTrace, ProgressBar, SaveEvery
+from ..errors import OptionsError
+from ..image import check_output_path, load_image, save_image
+from ..options import Options, parse_floats
+from ..plan import schedule
+from ..samples import sample_content, sample_style
+from ..stylizer import Stylizer
+from ..vgg import LAYER_NAMES
+from .common import EXIT_FAILURE, EXIT_OK, ArgumentParser, add_option_flags, check_at_least, check_writable, options_from, say_unless
+
+DESCRIPTION = """\
+Stylize CONTENT with STYLE: optimize an image whose VGG-19 features match the content image's and
+whose Gram matrices match the style image's (Gatys, Ecker & Bethge 2015).
+
+With no CONTENT and STYLE, a built-in sample pair is used (a photograph that matplotlib ships and
+a painting that nst-fast paints itself), so that `nst-fast -o demo.png` works out of the box.
+
+Other commands (nst-fast COMMAND --help):
+  bench    time one optimization iteration per backend, precision and size; table, JSON, plot
+  export   write the VGG-19 features, or the whole loss-and-gradient step, as an ONNX graph
+  info     the device, extension, backends and weights this installation has"""
+
+EPILOG = """\
+examples:
+  nst-fast photo.jpg starry_night.jpg -o out.png
+  nst-fast photo.jpg starry_night.jpg -o out.png --size 1024 --style-weight 50
+  nst-fast photo.jpg a.jpg b.jpg --style-blend 0.7,0.3 -o out.png
+  nst-fast photo.jpg starry_night.jpg -o print.tif --size 2048        # coarse to fine: 512 → 1024 → 2048
+  nst-fast photos/ starry_night.jpg -o styled/ --format jpg --quality 92
+  nst-fast photo.jpg starry_night.jpg -o out.png --preserve-colors --save-every 20 --log-json trace.json
+  nst-fast --list-layers"""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="nst-fast", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "content", nargs="?", help="content image, or a directory or glob of them (default: the built-in sample photograph)"
+    )
+    parser.add_argument("styles", nargs="*", metavar="style", help="style image(s) (default: the built-in painting)")
+    parser.add_argument(
+        "-o", "--output", default="stylized.png",
+        help="output image, its format from its extension; a directory for a batch (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--style-blend", default=None, metavar="W1,W2,...",
+                        help="blend weights of the style images (default: equal)")  # fmt: skip
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    out = parser.add_argument_group("output and feedback")
+    out.add_argument("--quality", type=int, default=None, metavar="Q", help="JPEG/WebP quality, 1-100 (default: Pillow's)")
+    out.add_argument("--bit-depth", type=int, default=8, choices=(8, 16),
+                     help="bits per channel of the output; 16 needs a .tif output (default: %(default)s)")  # fmt: skip
+    out.add_argument("--format", default="png",
+                     help="output format in batch mode, where -o is a directory (default: %(default)s)")  # fmt: skip
+    out.add_argument("--save-every", type=int, default=None, metavar="N",
+                     help="also save every N-th iterate, as OUTPUT-stem.stepNNNNN.ext")  # fmt: skip
+    out.add_argument("--log-json", default=None, metavar="FILE",
+                     help="write a per-iteration trace (loss terms, time, peak memory) as JSON")  # fmt: skip
+    parser.add_argument("--list-layers", action="store_true", help="list the VGG-19 layer names and exit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    group = parser.add_argument_group("stylization options (also nst_fast.Options fields)")
+    add_option_flags(group, tuple(f.name for f in dataclasses.fields(Options)))
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_layers:
+        print("\n".join(LAYER_NAMES))
+        return EXIT_OK
+    say = say_unless(args.quiet)
+    options = options_from(args)
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise OptionsError(f"--quality must be between 1 and 100, got {args.quality}")
+    check_at_least("--save-every", args.save_every, 1)
+    if args.log_json is not None:
+        check_writable(args.log_json, (".json",))
+    if args.content is None:
+        jobs, styles = [(sample_content(), check_output_path(args.output, args.bit_depth))], [sample_style()]
+        say("no CONTENT and STYLE given: using the built-in sample photograph and painting")
+    elif not args.styles:
+        raise OptionsError("a STYLE image is needed after CONTENT (or give neither, for the built-in samples)")
+    else:
+        jobs, styles = batch_jobs(args.content, args.output, args.format, args.bit_depth), args.styles
+    blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
+    start = time.perf_counter()
+    stylizer = Stylizer(styles, options, style_blend=blend)
+    say(_describe(stylizer))
+    failures = 0
+    for content, output in jobs:
+        try:
+            _stylize_one(stylizer, content, output, args, say)
+        except (KeyboardInterrupt, OptionsError):
+            raise
+        except Exception as e:  # noqa: BLE001 — in a batch, one bad file must not stop the rest
+            if len(jobs) == 1:
+                raise
+            failures += 1
+            print(f"nst-fast: error: {content}: {' '.join(str(e).split())}", file=sys.stderr)
+    if len(jobs) > 1:
+        say(f"stylized {len(jobs) - failures} of {len(jobs)} images in {time.perf_counter() - start:.1f} s")
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def _describe(stylizer: Stylizer) -> str:
+    """The run's settings, on one line."""
+    options = stylizer.options
+    scales = schedule(options)
+    text = f"device {stylizer.device}, backend {options.backend} ({stylizer.precision}), weights {stylizer.model.weights_source}, "
+    if len(scales) > 1:
+        text += f"scales {' → '.join(str(size) for size, _ in scales)} px, "
+    text += f"{sum(steps for _, steps in scales)} {options.optimizer} steps"
+    if options.tile and options.size > options.tile:
+        text += f" (at scales above {options.tile} px: per tile)"
+    return text
+
+
+def _stylize_one(stylizer: Stylizer, content, output: Path, args: argparse.Namespace, say) -> None:
+    start = time.perf_counter()
+    name = content if isinstance(content, (str, Path)) else "sample"
+    content = load_image(content, stylizer.options.max_pixels)  # decoded once, for the plan and the run
+    plan = stylizer.plan(content)
+    say(f"{name}: estimated peak memory {plan.estimate}")
+    plan.check_fits()
+    save_args = {"bit_depth": args.bit_depth, **({} if args.quality is None else {"quality": args.quality})}
+    progress = None if args.quiet else ProgressBar(plan.total_steps)
+    trace = JsonTrace() if args.log_json else None
+    saver = SaveEvery(output, args.save_every, **save_args) if args.save_every else None
+    try:
+        result = stylizer.stylize_tensor(content, callback=Callbacks(progress, trace, saver), plan=plan)
+    finally:
+        if progress is not None:
+            progress.close()
+        if trace is not None:
+            trace.write(args.log_json)
+    save_image(result, output, **save_args)
+    say(f"wrote {output} ({result.shape[-1]}×{result.shape[-2]}) in {time.perf_counter() - start:.1f} s")
+
+
+def batch_jobs(content: str, output: str, fmt: str, bit_depth: int = 8) -> list[tuple[str, Path]]:
+    """(content image, output path) pairs: one, or — for a directory or glob of images — one per image,
+    written into the output directory as <name>.<format>."""
+    path = Path(content)
+    if path.is_dir():
+        sources = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif any(c in content for c in "*?[") and not path.exists():
+        sources = sorted(Path(p) for p in glob.glob(content) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        return [(content, check_output_path(output, bit_depth))]
+    if not sources:
+        raise OptionsError(f"no images found in {content}")
+    out_dir = Path(output)
+    if not out_dir.is_dir():
+        raise OptionsError(f"for a directory or glob of content images, -o must name an existing directory: {output}")
+    jobs = [(str(s), check_output_path(out_dir / f"{s.stem}.{fmt}", bit_depth)) for s in sources]
+    names = [o.name for _, o in jobs]
+    if len(set(names)) != len(names):
+        raise OptionsError("two content images share a name: their outputs would overwrite each other")
+    return jobs

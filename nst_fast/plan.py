@@ -1,0 +1,238 @@
+"""The plan of a run: every decision about it, made once, before any work.
+
+:meth:`Plan.resolve` takes the options, the content image's shape and the device, and decides the
+backend, the precision, how steps run (``graph``), the schedule — the scales, coarsest first, each
+with its tiles, its steps and whether it recomputes activations (checkpointing) — and the memory the
+run needs against what is free. The stylizer executes a plan; the CLI prints it, checks that it fits
+and, when it does not, reports the single changes that would (:meth:`Plan.suggestions`); a server
+admits or refuses a request by it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from . import memory, ops
+from .backends import Backend, LoopSpec, get
+from .backends.precision import Precision
+from .errors import ImageError, MemoryFitError, OptionsError
+from .image import longest_side_shape
+from .memory import MemoryEstimate
+from .options import Options
+from .tiling import Tile, tile_grid
+from .vgg import deepest
+
+GIB = 2**30
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else must name a device that is there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise OptionsError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionsError(f"device {name!r} requested, but this machine has no usable CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise OptionsError(f"device {name!r} requested, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
+    elif device.type in ("mps", "xpu"):
+        backend = getattr(torch.backends, "mps", None) if device.type == "mps" else getattr(torch, "xpu", None)
+        if backend is None or not backend.is_available():
+            raise OptionsError(f"device {name!r} requested, but it is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise OptionsError(f"unsupported device {name!r}; use auto, cpu or cuda")
+    return device
+
+
+def resolve_graph(requested: str, device: torch.device) -> str:
+    """How the engine's steps run: ``eager``, ``compile`` (torch.compile'd network) or ``cuda`` (captured
+    CUDA graph).
+
+    ``auto`` is eager: torch.compile needs a compiler at run time and spent 8–20 s compiling each image
+    size on this project's CPU, about what it saves in a default run (120 steps at 512 px; benchmarks/
+    NOTES.md §7); on a GPU the captured graph has not been measured yet.
+    """
+    if requested == "cuda" and device.type != "cuda":
+        raise OptionsError(f"graph 'cuda' captures CUDA graphs and needs a CUDA device, not {device.type}")
+    return "eager" if requested == "auto" else requested
+
+
+def check_image_size(options: Options, height: int, width: int, what: str = "content", remedy: str = "--size"):
+    """Raise :class:`ImageError` unless an image of ``height``×``width`` reaches every layer of ``options``."""
+    if min(height, width) < options.min_size:
+        raise ImageError(
+            f"the {what} image is {width}×{height} px at this size; layers up to {deepest(options.layers)} need "
+            f"at least {options.min_size} px on each side (raise {remedy} or choose shallower layers)"
+        )
+
+
+def lbfgs_history(numel: int, budget_bytes: int = GIB) -> int:
+    """Curvature pairs the engine keeps: 100 (the reference's) while they fit ``budget_bytes``, at least 5."""
+    return max(5, min(100, budget_bytes // (8 * numel)))
+
+
+def schedule(options: Options) -> tuple[tuple[int, int], ...]:
+    """(size, steps) of each scale, coarsest first, ending at ``size``: above ``pyramid_start`` the image is
+    optimized at size/2^k ≤ pyramid_start first, then upscaled and re-optimized at each doubling."""
+    sizes = [options.size]
+    while options.pyramid_start and sizes[0] > options.pyramid_start and sizes[0] // 2 >= options.min_size:
+        sizes.insert(0, sizes[0] // 2)
+    finer = options.steps // 2 if options.pyramid_steps is None else options.pyramid_steps
+    return tuple((size, options.steps if i == 0 else finer) for i, size in enumerate(sizes))
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """One scale of a run: the image's size there, its tiles (one covering it when not tiled), and the
+    loop each tile runs."""
+
+    size: int  # longest side
+    height: int
+    width: int
+    tiles: tuple[Tile, ...]
+    loop: LoopSpec
+    estimate: MemoryEstimate  # this scale's peak: one piece optimized at once, and the canvas when tiled
+
+    @property
+    def steps(self) -> int:
+        return self.loop.steps
+
+    @property
+    def tiled(self) -> bool:
+        return len(self.tiles) > 1
+
+    @property
+    def iterations(self) -> int:
+        return self.loop.steps * len(self.tiles)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided about one run on one content image."""
+
+    options: Options
+    device: torch.device
+    backend: Backend
+    precision: Precision
+    graph: str
+    content_shape: tuple[int, int]  # (height, width) of the content image as loaded
+    scales: tuple[ScalePlan, ...]
+    estimate: MemoryEstimate  # the run's peak: the largest scale's, and on a CPU the loaded content
+    free_bytes: int | None  # free memory on the device when planned (None: unknown)
+
+    @classmethod
+    def resolve(cls, options: Options, content_shape: tuple[int, int], device: torch.device) -> Plan:
+        """The plan for ``options`` on a content image of ``content_shape`` (height, width) on ``device``."""
+        backend = get(options.backend)
+        engine = backend.name == "torch"
+        precision = backend.resolve_precision(options.precision, device)
+        graph = resolve_graph(options.graph, device) if engine else "eager"
+        free = memory.available_bytes(device)
+        providers = "cpu" if options.device == "cpu" else None
+        scales = []
+        for size, steps in schedule(options):
+            height, width = longest_side_shape(*content_shape, size)
+            check_image_size(options, height, width)
+            tiles = _tiles(options, height, width)
+            piece = tiles[0]
+            whole = _estimate(options, piece.height, piece.width, precision, False, device)
+            checkpoint = engine and (
+                options.checkpoint == "on"
+                or (options.checkpoint == "auto" and free is not None and whole.beyond_loaded > free)
+            )
+            estimate = _estimate(options, piece.height, piece.width, precision, checkpoint, device)
+            if len(tiles) > 1:  # the canvas, the content, a band of tiles and its preview, at full size
+                estimate = dataclasses.replace(estimate, canvas=(2 * height + 2 * piece.height) * width * 3 * 4)
+            history = lbfgs_history(3 * piece.height * piece.width)
+            loop = LoopSpec(steps, options.optimizer, options.learning_rate, precision, checkpoint, graph, history,
+                            providers)  # fmt: skip
+            scales.append(ScalePlan(size, height, width, tuple(tiles), loop, estimate))
+        peak = max((s.estimate for s in scales), key=lambda e: e.total)
+        if device.type == "cpu":  # the content as loaded, kept for every scale; on a GPU it stays on the host
+            peak = dataclasses.replace(peak, source=content_shape[0] * content_shape[1] * 3 * 4)
+        return cls(options, device, backend, precision, graph, tuple(content_shape), tuple(scales), peak, free)
+
+    def replace(self, **changes) -> Plan:
+        """The plan of the same content on the same device with ``changes`` to the options."""
+        return Plan.resolve(self.options.replace(**changes), self.content_shape, self.device)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer iterations the run takes, over every scale and tile."""
+        return sum(s.iterations for s in self.scales)
+
+    @property
+    def fits(self) -> bool:
+        """Whether the run fits in the memory that was free, by the estimate (unknown free memory: yes)."""
+        return self.free_bytes is None or self.estimate.beyond_loaded <= self.free_bytes
+
+    def check_fits(self) -> None:
+        """Raise :class:`MemoryFitError`, naming the single changes that would fit, unless the run fits."""
+        if self.fits:
+            return
+        raise MemoryFitError(
+            f"this run needs about {self.estimate.beyond_loaded / GIB:.1f} GiB more but "
+            f"{self.free_bytes / GIB:.1f} GiB is free on {self.device}; {self.suggestions_text()}"
+        )
+
+    def suggestions(self) -> list[str]:
+        """The single changes of options (as CLI flags) that would fit in the free memory, by the estimate."""
+        opts, free = self.options, self.free_bytes
+
+        def fits(**change) -> bool:
+            try:
+                return free is None or self.replace(**change).estimate.beyond_loaded <= free
+            except (ImageError, OptionsError):  # a change that cannot run at all does not fit
+                return False
+
+        found = []
+        if self.backend.name == "torch" and opts.checkpoint != "on" and fits(checkpoint="on"):
+            found.append("--checkpoint on")
+        if self.backend.name == "torch" and self.precision.autocast_dtype is None and fits(precision="bf16"):
+            found.append("--precision bf16")
+        largest = opts.tile or opts.size
+        smallest = max(64, 2 * opts.min_size, 2 * opts.tile_overlap + 1 if opts.tile_overlap is not None else 0)
+        tile = next((t for t in (largest >> k for k in range(1, 8)) if t >= smallest and fits(tile=t)), None)
+        if tile:
+            found.append(f"--tile {tile}")
+        size = opts.size * 3 // 4
+        while size >= opts.min_size and not fits(size=size):
+            size = size * 3 // 4
+        if size >= opts.min_size:
+            found.append(f"--size {size}")
+        return found
+
+    def suggestions_text(self) -> str:
+        found = self.suggestions()
+        if not found:
+            return "no single change of --checkpoint, --precision, --tile or --size would fit; free some memory"
+        return "by the estimate, any of these would fit: " + ", ".join(found)
+
+
+def _tiles(options: Options, height: int, width: int) -> list[Tile]:
+    if not options.tile or max(height, width) <= options.tile:
+        return [Tile(0, 0, height, width)]
+    return tile_grid(height, width, options.tile, options.overlap)
+
+
+def _estimate(options: Options, height: int, width: int, precision: Precision, checkpoint: bool,
+              device: torch.device) -> MemoryEstimate:  # fmt: skip
+    """One piece's peak: an image of ``height``×``width`` optimized at once."""
+    return memory.estimate(
+        options.layers,
+        height,
+        width,
+        activation_bytes=2 if precision.autocast_dtype is not None else 4,
+        checkpoint=checkpoint,
+        optimizer=options.optimizer,
+        history=lbfgs_history(3 * height * width),
+        float32_loss_copies=options.impl == "ref" or not ops.extension_serves(device),
+        pooling=options.pooling,
+        reordered_weights=device.type == "cpu",
+    )
