@@ -29,9 +29,12 @@ def main() -> None:
         for precision in args.precisions.split(","):
             for checkpoint in args.checkpoint.split(","):
                 row = bench.measure_memory(size, precision, checkpoint, args.device, args.steps)
-                print(f"{size:5d} px  {precision:5s} checkpoint {checkpoint:3s}  estimate "
-                      f"{row['estimate_bytes'] / 2**20:8.0f} MiB  peak {row['peak_bytes'] / 2**20:8.0f} MiB  "
-                      f"{row['estimate_over_peak']:.2f}×", flush=True)  # fmt: skip
+                print(
+                    f"{size:5d} px  {precision:5s} checkpoint {checkpoint:3s}  estimate "
+                    f"{row['estimate_bytes'] / 2**20:8.0f} MiB  peak {row['peak_bytes'] / 2**20:8.0f} MiB  "
+                    f"{row['estimate_over_peak']:.2f}×",
+                    flush=True,
+                )
                 rows.append(row)
                 # Written after every row, so that a run cut short keeps what it measured.
                 facts = {"machine": bench.machine_info(), "memory": rows}

@@ -26,43 +26,67 @@ def machine_line(m: dict) -> str:
 
 
 def bench_tables(path: Path, data: dict) -> list[str]:
-    lines = [f"### `{path.name}` — `nst-fast bench`", "", f"Machine: {machine_line(data['machine'])}.", "",
-             "| backend | precision | device | size | image | ms / iteration (median) | it/s | peak memory added (MiB) |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = [
+        f"### `{path.name}` — `nst-fast bench`",
+        "",
+        f"Machine: {machine_line(data['machine'])}.",
+        "",
+        "| backend | precision | device | size | image | ms / iteration (median) | it/s | peak memory added (MiB) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in data["results"]:
         mem = "–" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
-        lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | {r['size']} | {r['image'][3]}×{r['image'][2]} "
-                     f"| {r['ms_median']:.1f} | {r['iterations_per_second']:.2f} | {mem} |")  # fmt: skip
+        lines.append(
+            f"| {r['backend']} | {r['precision']} | {r['device']} | {r['size']} | {r['image'][3]}×{r['image'][2]} "
+            f"| {r['ms_median']:.1f} | {r['iterations_per_second']:.2f} | {mem} |"
+        )
     return lines + [""]
 
 
 def loop_tables(path: Path, data: dict) -> list[str]:
-    lines = [f"### `{path.name}` — `benchmarks/loops.py`", "", f"Machine: {machine_line(data['machine'])}.", "",
-             "The torch backend's whole loop, ms per iteration (median of runs after a first one, in which "
-             "torch.compile compiles" + (", from an empty cache" if data.get("cold_compile") else "")
-             + "; CUDA-graph capture is in every run):", "",
-             "| size | precision | graph | device | steps per run | ms / iteration | against eager | first run (s) |",
-             "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = [
+        f"### `{path.name}` — `benchmarks/loops.py`",
+        "",
+        f"Machine: {machine_line(data['machine'])}.",
+        "",
+        "The torch backend's whole loop, ms per iteration (median of runs after a first one, in which "
+        "torch.compile compiles"
+        + (", from an empty cache" if data.get("cold_compile") else "")
+        + "; CUDA-graph capture is in every run):",
+        "",
+        "| size | precision | graph | device | steps per run | ms / iteration | against eager | first run (s) |",
+        "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     eager = {(r["size"], r["precision"]): r["ms_per_iteration_median"] for r in data["loops"] if r["graph"] == "eager"}
     for r in data["loops"]:
         base = eager.get((r["size"], r["precision"]))
         ratio = f"{r['ms_per_iteration_median'] / base:.2f}×" if base else "–"
         first = f"{r['first_run_s']:.1f}" if "first_run_s" in r else "–"
-        lines.append(f"| {r['size']} | {r['precision']} | {r['graph']} | {r['device']} | {r['steps']} | "
-                     f"{r['ms_per_iteration_median']:.1f} | {ratio} | {first} |")  # fmt: skip
+        lines.append(
+            f"| {r['size']} | {r['precision']} | {r['graph']} | {r['device']} | {r['steps']} | "
+            f"{r['ms_per_iteration_median']:.1f} | {ratio} | {first} |"
+        )
     return lines + [""]
 
 
 def memory_tables(path: Path, data: dict) -> list[str]:
-    lines = [f"### `{path.name}` — `benchmarks/memory.py`", "", f"Machine: {machine_line(data['machine'])}.", "",
-             "The memory estimate of a run at one scale against the allocator's peak during it, both beyond "
-             "the weights (and on a CPU the content image) loaded before it:", "",
-             "| size | image | precision | checkpoint | device | estimate (MiB) | allocator peak (MiB) | estimate ÷ peak |",
-             "| ---: | ---: | --- | --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+    lines = [
+        f"### `{path.name}` — `benchmarks/memory.py`",
+        "",
+        f"Machine: {machine_line(data['machine'])}.",
+        "",
+        "The memory estimate of a run at one scale against the allocator's peak during it, both beyond "
+        "the weights (and on a CPU the content image) loaded before it:",
+        "",
+        "| size | image | precision | checkpoint | device | estimate (MiB) | allocator peak (MiB) | estimate ÷ peak |",
+        "| ---: | ---: | --- | --- | --- | ---: | ---: | ---: |",
+    ]
     for r in data["memory"]:
-        lines.append(f"| {r['size']} | {r['image'][3]}×{r['image'][2]} | {r['precision']} | {r['checkpoint']} | "
-                     f"{r['device']} | {r['estimate_bytes'] / 2**20:.0f} | {r['peak_bytes'] / 2**20:.0f} | "
-                     f"{r['estimate_over_peak']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {r['size']} | {r['image'][3]}×{r['image'][2]} | {r['precision']} | {r['checkpoint']} | "
+            f"{r['device']} | {r['estimate_bytes'] / 2**20:.0f} | {r['peak_bytes'] / 2**20:.0f} | "
+            f"{r['estimate_over_peak']:.2f} |"
+        )
     return lines + [""]
 
 
@@ -72,43 +96,65 @@ def pytest_benchmark_tables(path: Path, data: dict) -> list[str]:
     lines = [f"### `{path.name}` — `make bench`", "", f"Machine: {machine_line(first)}.", ""]
     steps = [b for b in benches if b["name"].startswith("test_iteration")]
     if steps:
-        lines += ["| backend | precision | device | size | ms / iteration (median) | peak memory added (MiB) |",
-                  "| --- | --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+        lines += [
+            "| backend | precision | device | size | ms / iteration (median) | peak memory added (MiB) |",
+            "| --- | --- | --- | ---: | ---: | ---: |",
+        ]
         for b in steps:
             e = b["extra_info"]
             mem = e.get("peak_memory_mb")
-            lines.append(f"| {e['backend']} | {e['precision']} | {e['device']} | {e['size']} | "
-                         f"{b['stats']['median'] * 1000:.1f} | {'–' if mem is None else f'{mem:.0f}'} |")  # fmt: skip
+            lines.append(
+                f"| {e['backend']} | {e['precision']} | {e['device']} | {e['size']} | "
+                f"{b['stats']['median'] * 1000:.1f} | {'–' if mem is None else f'{mem:.0f}'} |"
+            )
         lines.append("")
     ops = [b for b in benches if b["name"].startswith("test_style_loss_op")]
     if ops:
-        lines += ["Style-loss operator, median ms (extension `ext` against eager PyTorch `ref`):", "",
-                  "| image | layer | C×H×W | dtype | pass | ref | ext | ref / ext |",
-                  "| ---: | --- | --- | --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+        lines += [
+            "Style-loss operator, median ms (extension `ext` against eager PyTorch `ref`):",
+            "",
+            "| image | layer | C×H×W | dtype | pass | ref | ext | ref / ext |",
+            "| ---: | --- | --- | --- | --- | ---: | ---: | ---: |",
+        ]
         groups: dict[tuple, dict[str, float]] = {}
         for b in ops:
             e = b["extra_info"]
-            key = (e["image_size"], e["layer"], tuple(e["shape"][1:]), e["dtype"].replace("torch.", ""),
-                   "fwd+bwd" if e["backward"] else "fwd")  # fmt: skip
+            key = (
+                e["image_size"],
+                e["layer"],
+                tuple(e["shape"][1:]),
+                e["dtype"].replace("torch.", ""),
+                "fwd+bwd" if e["backward"] else "fwd",
+            )
             groups.setdefault(key, {})[e["impl"]] = b["stats"]["median"] * 1000
         for (size, layer, shape, dtype, kind), t in groups.items():
             ratio = f"{t['ref'] / t['ext']:.2f}×" if "ref" in t and "ext" in t else "–"
             cells = [f"{t[i]:.2f}" if i in t else "–" for i in ("ref", "ext")]
-            lines.append(f"| {size} | {layer} | {'×'.join(map(str, shape))} | {dtype} | {kind} | {cells[0]} | {cells[1]} | {ratio} |")
+            lines.append(
+                f"| {size} | {layer} | {'×'.join(map(str, shape))} | {dtype} | {kind} | {cells[0]} | {cells[1]} | {ratio} |"
+            )
         lines.append("")
     for b in benches:
         if b["name"] == "test_time_to_quality":
             e = b["extra_info"]
-            lines += [f"Time-to-quality at {e['size']} px: time until the float32 reference loss of the output reaches "
-                      f"{e['results'][0]['target_loss']:.4g}, the reference's after {e['steps']} L-BFGS iterations; and "
-                      f"the loss of each loop's output after {e['steps']} iterations:", "",
-                      "| backend | precision | seconds to target | iterations to target | reference's seconds / these | "
-                      f"output's loss after {e['steps']} iterations |", "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+            lines += [
+                f"Time-to-quality at {e['size']} px: time until the float32 reference loss of the output reaches "
+                f"{e['results'][0]['target_loss']:.4g}, the reference's after {e['steps']} L-BFGS iterations; and "
+                f"the loss of each loop's output after {e['steps']} iterations:",
+                "",
+                "| backend | precision | seconds to target | iterations to target | reference's seconds / these | "
+                f"output's loss after {e['steps']} iterations |",
+                "| --- | --- | ---: | ---: | ---: | ---: |",
+            ]
             for r in e["results"]:
                 secs = "not reached" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}"
-                ratio = "–" if r["seconds_to_target"] is None else f"{r['reference_seconds'] / r['seconds_to_target']:.2f}×"
-                lines.append(f"| {r['backend']} | {r['precision']} | {secs} | {r['steps_to_target']} | {ratio} | "
-                             f"{r['loss_at_steps']:.4g} |")  # fmt: skip
+                ratio = (
+                    "–" if r["seconds_to_target"] is None else f"{r['reference_seconds'] / r['seconds_to_target']:.2f}×"
+                )
+                lines.append(
+                    f"| {r['backend']} | {r['precision']} | {secs} | {r['steps_to_target']} | {ratio} | "
+                    f"{r['loss_at_steps']:.4g} |"
+                )
             lines.append("")
     return lines
 

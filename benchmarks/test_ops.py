@@ -42,5 +42,6 @@ def test_style_loss_op(record_machine, impl, backward, image_size, layer, channe
         run()
     loss = record_machine.pedantic(run, rounds=rounds(3 if large else 5), iterations=1)
     assert torch.isfinite(loss)
-    record_machine.extra_info.update(impl=impl, layer=layer, shape=list(feats.shape), dtype=str(dtype),
-                                     image_size=image_size, backward=backward)  # fmt: skip
+    record_machine.extra_info.update(
+        impl=impl, layer=layer, shape=list(feats.shape), dtype=str(dtype), image_size=image_size, backward=backward
+    )

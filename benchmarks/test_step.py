@@ -15,7 +15,6 @@ from nst_fast.image import resize_longest
 from nst_fast.options import Options
 
 
-
 CONFIGS = [(d, b, p) for d in DEVICES for b, p in bench.configurations(d)]
 
 

@@ -27,8 +27,16 @@ class Iterate:
 
     __slots__ = ("step", "steps", "elapsed", "device", "_image", "_loss", "_losses")
 
-    def __init__(self, step: int, steps: int, loss, losses: dict, elapsed: float,
-                 image: torch.Tensor | Callable[[], torch.Tensor], device: torch.device | None = None):  # fmt: skip
+    def __init__(
+        self,
+        step: int,
+        steps: int,
+        loss,
+        losses: dict,
+        elapsed: float,
+        image: torch.Tensor | Callable[[], torch.Tensor],
+        device: torch.device | None = None,
+    ):
         self.step, self.steps, self.elapsed, self._image = step, steps, elapsed, image
         self.device = image.device if isinstance(image, torch.Tensor) else device
         self._loss, self._losses = loss, losses
@@ -86,8 +94,11 @@ class ProgressBar:
         elif report:
             terms = " ".join(f"{k}={v:.4g}" for k, v in it.losses.items())
             rate = it.step / it.elapsed if it.elapsed > 0 else float("nan")
-            print(f"{self.desc}: step {it.step}/{it.steps} loss={it.loss:.4g} {terms} ({rate:.2f} it/s)",
-                  file=self.file, flush=True)
+            print(
+                f"{self.desc}: step {it.step}/{it.steps} loss={it.loss:.4g} {terms} ({rate:.2f} it/s)",
+                file=self.file,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -117,8 +128,15 @@ class JsonTrace:
         self.records: list[dict] = []
 
     def __call__(self, it: Iterate) -> None:
-        self.records.append({"step": it.step, "loss": it.loss, **it.losses, "elapsed": round(it.elapsed, 6),
-                             "peak_memory_mb": _peak_memory_mb(it.device)})  # fmt: skip
+        self.records.append(
+            {
+                "step": it.step,
+                "loss": it.loss,
+                **it.losses,
+                "elapsed": round(it.elapsed, 6),
+                "peak_memory_mb": _peak_memory_mb(it.device),
+            }
+        )
 
     def write(self, path) -> None:
         atomic_write_text(path, json.dumps({"iterations": self.records}, indent=1) + "\n")

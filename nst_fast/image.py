@@ -57,8 +57,10 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
     try:
         with Image.open(path) as im:
             if im.width * im.height > limit:
-                raise ImageError(f"image too large: {path} is {im.width}×{im.height} px, above the limit of "
-                                 f"{limit} px (a decompression bomb?); --max-pixels raises the limit")  # fmt: skip
+                raise ImageError(
+                    f"image too large: {path} is {im.width}×{im.height} px, above the limit of "
+                    f"{limit} px (a decompression bomb?); --max-pixels raises the limit"
+                )
             im.load()
             return ImageOps.exif_transpose(im)
     except UnidentifiedImageError:

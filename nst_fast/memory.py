@@ -48,8 +48,9 @@ class MemoryEstimate:
 
     def __str__(self) -> str:
         gib = 2**30
-        parts = ", ".join(f"{k} {getattr(self, k) / gib:.2f}" for k in self.PARTS if getattr(self, k) or k not in
-                          ("canvas", "source"))  # fmt: skip
+        parts = ", ".join(
+            f"{k} {getattr(self, k) / gib:.2f}" for k in self.PARTS if getattr(self, k) or k not in ("canvas", "source")
+        )
         return f"{self.total / gib:.2f} GiB ({parts})"
 
 
@@ -79,6 +80,7 @@ def estimate(
     params = sum(o * i * 9 + o for o, i, _, _ in (conv_shape(n) for n in names if LAYER[n].kind == "conv"))
     weights = params * 4 + (params * activation_bytes if activation_bytes < 4 else 0)
     weights += params * 4 if reordered_weights else 0
+
     # Distinct tensors autograd keeps: the network's input, each convolution's output (its ReLU runs in
     # place, unless the convolution's own output is requested), each pooling's output; and, for
     # low-precision activations, the float32 copies of the requested ones that the loss computes with.
@@ -111,8 +113,14 @@ def estimate(
     backward = (grads + 2 * max(numel.values())) * grad_bytes
     image = batch * 3 * height * width * 4
     state = 2 * history + 3 if optimizer == "lbfgs" else 3  # L-BFGS: pairs, last x and g, direction
-    return MemoryEstimate(weights, kept, recomputed, backward, image * (state + 3),  # + x, its grad, the best x
-                          loaded_weights=params * 4)
+    return MemoryEstimate(
+        weights,
+        kept,
+        recomputed,
+        backward,
+        image * (state + 3),  # + x, its grad, the best x
+        loaded_weights=params * 4,
+    )
 
 
 def process_status_kb(key: str) -> int | None:

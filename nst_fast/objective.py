@@ -165,10 +165,12 @@ def build_loss(
     scales = {name: 1.0 for name in c_targets}
     if options.normalize_losses:
         scales = {
-            name: 1.0 / _energy(content_energy(a) if whole_content_energy is None else whole_content_energy[name],
-                                "content", name)
+            name: 1.0
+            / _energy(
+                content_energy(a) if whole_content_energy is None else whole_content_energy[name], "content", name
+            )
             for name, a in c_targets.items()
-        }  # fmt: skip
+        }
         layer_weights = {
             name: w / _energy(style_energy(targets[name]), "style", name) for name, w in layer_weights.items()
         }

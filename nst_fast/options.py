@@ -30,8 +30,14 @@ DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
 def _opt(default, help: str, *, choices=None, minimum=None, maximum=None, positive=False, rule=None):  # noqa: A002
     """A field with its metadata: ``choices``; a range (``minimum``/``maximum`` inclusive, or ``positive``:
     above zero), described in errors as ``rule`` when given."""
-    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "positive": positive,
-            "rule": rule}  # fmt: skip
+    meta = {
+        "help": help,
+        "choices": choices,
+        "minimum": minimum,
+        "maximum": maximum,
+        "positive": positive,
+        "rule": rule,
+    }
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -50,9 +56,7 @@ class Options:
         "re-optimized at each doubling (0: one scale)",
         minimum=0,
     )
-    pyramid_steps: int | None = _opt(
-        None, "iterations at each finer pyramid scale (default: steps / 2)", minimum=0
-    )
+    pyramid_steps: int | None = _opt(None, "iterations at each finer pyramid scale (default: steps / 2)", minimum=0)
     tile: int = _opt(
         0,
         "scales whose longest side exceeds this are optimized in overlapping tiles of at most this many px, "
@@ -81,16 +85,18 @@ class Options:
     pooling: str = _opt("avg", "VGG-19 pooling: avg (as Gatys et al.) or max", choices=POOLINGS)
     weights: str = _opt("caffe", "VGG-19 weights: caffe (bundled), torchvision (downloaded once), or a file")
     weights_preprocessing: str | None = _opt(
-        None, "input preprocessing of a weights file, if not its layout's: caffe or torchvision",
+        None,
+        "input preprocessing of a weights file, if not its layout's: caffe or torchvision",
         choices=tuple(PREPROCESSINGS),
-    )  # fmt: skip
+    )
     init: str = _opt("content", "initial image: content, content+noise, noise, or an image file")
     noise_ratio: float = _opt(0.5, "share of noise in the content+noise initial image", minimum=0, maximum=1)
     optimizer: str = _opt("lbfgs", "optimizer", choices=OPTIMIZERS)
     lr: float | None = _opt(None, "learning rate (default: 1.0 for lbfgs, 0.02 for adam)", positive=True)
     max_pixels: int = _opt(MAX_PIXELS, "refuse image files above this many pixels (decompression bombs)", minimum=1)
-    seed: int = _opt(0, "random seed of the noise in the initial image", minimum=0, maximum=2**63 - 1,
-                     rule="between 0 and 2**63 - 1")  # fmt: skip
+    seed: int = _opt(
+        0, "random seed of the noise in the initial image", minimum=0, maximum=2**63 - 1, rule="between 0 and 2**63 - 1"
+    )
     deterministic: bool = _opt(False, "bit-reproducible runs: deterministic algorithms only (slower)")
     preserve_colors: bool = _opt(False, "keep the content's colours: the result's luminance with the content's chroma")
     device: str = _opt("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
@@ -245,12 +251,12 @@ def _in_range(name: str, value, meta, integer: bool):
 
 
 def split_list(text: str) -> tuple[str, ...]:
-    """"a,b c" → ("a", "b", "c")."""
+    """ "a,b c" → ("a", "b", "c")."""
     return tuple(v for v in text.replace(",", " ").split() if v)
 
 
 def parse_floats(name: str, text: str) -> tuple[float, ...]:
-    """"0.5,1e3" → (0.5, 1000.0), or an :class:`OptionsError` naming ``name`` and the bad item."""
+    """ "0.5,1e3" → (0.5, 1000.0), or an :class:`OptionsError` naming ``name`` and the bad item."""
     values = []
     for item in split_list(text):
         try:

@@ -150,8 +150,9 @@ class Plan:
             if len(tiles) > 1:  # the canvas, the content, a band of tiles and its preview, at full size
                 estimate = dataclasses.replace(estimate, canvas=(2 * height + 2 * piece.height) * width * 3 * 4)
             history = lbfgs_history(3 * piece.height * piece.width)
-            loop = LoopSpec(steps, options.optimizer, options.learning_rate, precision, checkpoint, graph, history,
-                            providers)  # fmt: skip
+            loop = LoopSpec(
+                steps, options.optimizer, options.learning_rate, precision, checkpoint, graph, history, providers
+            )
             scales.append(ScalePlan(size, height, width, tuple(tiles), loop, estimate))
         peak = max((s.estimate for s in scales), key=lambda e: e.total)
         if device.type == "cpu":  # the content as loaded, kept for every scale; on a GPU it stays on the host
@@ -221,8 +222,9 @@ def _tiles(options: Options, height: int, width: int) -> list[Tile]:
     return tile_grid(height, width, options.tile, options.overlap)
 
 
-def _estimate(options: Options, height: int, width: int, precision: Precision, checkpoint: bool,
-              device: torch.device) -> MemoryEstimate:  # fmt: skip
+def _estimate(
+    options: Options, height: int, width: int, precision: Precision, checkpoint: bool, device: torch.device
+) -> MemoryEstimate:
     """One piece's peak: an image of ``height``×``width`` optimized at once."""
     return memory.estimate(
         options.layers,

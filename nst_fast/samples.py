@@ -34,8 +34,15 @@ def sample_style(size: int = 512, seed: int = 0) -> Image.Image:
     scale = size / 512
     image = Image.new("RGB", (size, size), _PALETTE[0])
     draw = ImageDraw.Draw(image)
-    vortices = [(rng.uniform(0, size), rng.uniform(0, size), rng.choice((-1, 1)) * rng.uniform(0.6, 1.0),
-                 rng.uniform(60, 160) * scale) for _ in range(6)]  # fmt: skip
+    vortices = [
+        (
+            rng.uniform(0, size),
+            rng.uniform(0, size),
+            rng.choice((-1, 1)) * rng.uniform(0.6, 1.0),
+            rng.uniform(60, 160) * scale,
+        )
+        for _ in range(6)
+    ]
 
     def angle(x: float, y: float) -> float:
         # Flow direction: a gentle horizontal drift plus the swirl of every vortex, fading with distance.

@@ -136,8 +136,17 @@ class Stylizer:
         if plan.content_shape != tuple(content.shape[-2:]):
             raise ValueError(f"this plan is for a {plan.content_shape} image, not {tuple(content.shape[-2:])}")
 
-    def _optimize_tiles(self, plan: Plan, scale: ScalePlan, image: torch.Tensor, content: torch.Tensor, targets,
-                        callback: Callback | None, done: int, start: float) -> None:  # fmt: skip
+    def _optimize_tiles(
+        self,
+        plan: Plan,
+        scale: ScalePlan,
+        image: torch.Tensor,
+        content: torch.Tensor,
+        targets,
+        callback: Callback | None,
+        done: int,
+        start: float,
+    ) -> None:
         """Optimize ``image`` (in place) tile by tile, each tile's iterations reported as a part of the run."""
         opts = self.options
         # Content normalized by the whole image's energy, so that every tile weighs content alike.

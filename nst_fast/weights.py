@@ -17,6 +17,7 @@ import torch
 from .errors import WeightsError
 from .vgg import CONV_NAMES, LAYER, conv_shape
 
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How an RGB image in [0, 1] becomes the network's input: optional RGB→BGR, ×scale, −mean, ÷std.
@@ -34,9 +35,7 @@ class Preprocessing:
 # The original Caffe VGG-19 was trained on BGR images in 0–255 with the ImageNet mean pixel removed.
 CAFFE = Preprocessing("caffe", bgr=True, scale=255.0, mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0))
 # torchvision's VGG-19 (IMAGENET1K_V1) takes RGB in [0, 1] normalized by ImageNet's mean and std.
-TORCHVISION = Preprocessing(
-    "torchvision", bgr=False, scale=1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
-)
+TORCHVISION = Preprocessing("torchvision", bgr=False, scale=1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 PREPROCESSINGS = {p.name: p for p in (CAFFE, TORCHVISION)}
 
 TORCHVISION_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"

@@ -14,8 +14,10 @@ def shared_image(name: str) -> Path:
     """A photo or painting from ../shared/images; the test is skipped, with the reason, without it."""
     path = SHARED_IMAGES / name
     if not path.is_file():
-        pytest.skip(f"{path} is absent: the shared test images live in ../shared/images beside the checkout "
-                    "(or set NST_FAST_IMAGES)")
+        pytest.skip(
+            f"{path} is absent: the shared test images live in ../shared/images beside the checkout "
+            "(or set NST_FAST_IMAGES)"
+        )
     return path
 
 

@@ -12,8 +12,23 @@ from nst_fast.cli import main
 
 
 def test_bench_writes_table_json_and_plot(tmp_path, capsys):
-    code = main(["bench", "--sizes", "32,48", "--rounds", "3", "--warmup", "1", "--backends", "reference",
-                 "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "--sizes",
+            "32,48",
+            "--rounds",
+            "3",
+            "--warmup",
+            "1",
+            "--backends",
+            "reference",
+            "--json",
+            str(tmp_path / "b.json"),
+            "--plot",
+            str(tmp_path / "b.png"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "ms/iter" in out and "reference" in out

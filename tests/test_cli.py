@@ -43,8 +43,16 @@ def test_help_shows_every_option_with_its_default(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0
-    for text in ("--style-weight X", "(default: 20.0)", "--content-layers", "(default: relu4_2)", "--pooling",
-                 "{max,avg}", "--no-normalize-losses", "examples:"):  # fmt: skip
+    for text in (
+        "--style-weight X",
+        "(default: 20.0)",
+        "--content-layers",
+        "(default: relu4_2)",
+        "--pooling",
+        "{max,avg}",
+        "--no-normalize-losses",
+        "examples:",
+    ):
         assert text in out, text
 
 

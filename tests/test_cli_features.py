@@ -28,7 +28,9 @@ def run(argv, capsys):
 def test_pyramid_scales_and_steps():
     assert schedule(Options(size=2048, steps=100)) == ((512, 100), (1024, 50), (2048, 50))
     assert [size for size, _ in schedule(Options(size=1500, pyramid_start=512))] == [375, 750, 1500]
-    assert schedule(Options(size=512)) == ((512, 120),) and schedule(Options(size=4096, pyramid_start=0)) == ((4096, 120),)
+    assert schedule(Options(size=512)) == ((512, 120),) and schedule(Options(size=4096, pyramid_start=0)) == (
+        (4096, 120),
+    )
     assert schedule(Options(size=2048, pyramid_steps=7))[2] == (2048, 7)
 
 
@@ -45,8 +47,10 @@ def test_pyramid_run_reports_every_step_and_ends_at_full_size():
 
 def test_save_every_and_log_json(images, tmp_path, capsys):
     content, style = images
-    code, _, _ = run([content, style, "-o", tmp_path / "out.png", "--save-every", "1", "--log-json",
-                      tmp_path / "trace.json", *TINY], capsys)  # fmt: skip
+    code, _, _ = run(
+        [content, style, "-o", tmp_path / "out.png", "--save-every", "1", "--log-json", tmp_path / "trace.json", *TINY],
+        capsys,
+    )
     assert code == 0
     assert (tmp_path / "out.step00001.png").is_file() and (tmp_path / "out.step00002.png").is_file()
     trace = json.loads((tmp_path / "trace.json").read_text())["iterations"]
@@ -83,8 +87,13 @@ def test_deterministic_runs_repeat(images):
 
 def test_formats_quality_and_srgb_profile(images, tmp_path, capsys):
     content, style = images
-    for name, extra in (("low.jpg", ["--quality", "10"]), ("high.jpg", ["--quality", "95"]), ("out.webp", []),
-                        ("out.tif", []), ("out.png", [])):  # fmt: skip
+    for name, extra in (
+        ("low.jpg", ["--quality", "10"]),
+        ("high.jpg", ["--quality", "95"]),
+        ("out.webp", []),
+        ("out.tif", []),
+        ("out.png", []),
+    ):
         assert run([content, style, "-o", tmp_path / name, *extra, *TINY], capsys)[0] == 0
     assert (tmp_path / "low.jpg").stat().st_size < (tmp_path / "high.jpg").stat().st_size
     for name in ("high.jpg", "out.webp", "out.tif", "out.png"):

@@ -36,8 +36,9 @@ def test_device_lbfgs_follows_torch_lbfgs():
 
     x0 = torch.randn(40)
     x1 = x0.clone().requires_grad_()
-    opt = torch.optim.LBFGS([x1], lr=1, max_iter=25, max_eval=25, tolerance_grad=-1, tolerance_change=-1,
-                            history_size=8)  # fmt: skip
+    opt = torch.optim.LBFGS(
+        [x1], lr=1, max_iter=25, max_eval=25, tolerance_grad=-1, tolerance_change=-1, history_size=8
+    )
     torch_trace = []
 
     def closure():
@@ -143,8 +144,9 @@ def test_engine_matches_reference_quality_at_equal_steps(tubingen, starry_night,
 
 def test_engine_adam_and_noise_init(tubingen, the_scream):
     seen = []
-    Stylizer(the_scream, size=48, steps=20, backend="torch", optimizer="adam", init="noise",
-             lr=0.05).stylize(tubingen, callback=seen.append)  # fmt: skip
+    Stylizer(the_scream, size=48, steps=20, backend="torch", optimizer="adam", init="noise", lr=0.05).stylize(
+        tubingen, callback=seen.append
+    )
     assert [it.step for it in seen] == list(range(1, 21))
     assert seen[-1].loss < seen[0].loss / 2
 
@@ -183,8 +185,9 @@ def test_cuda_graph_steps_follow_the_eager_ones(optimizer):
     runs = {}
     for graph in ("eager", "cuda"):
         seen = []
-        out = Stylizer(style, size=64, steps=12, precision="fp32", optimizer=optimizer, graph=graph,
-                       device="cuda").stylize_tensor(content, callback=lambda it: seen.append(it.loss))  # fmt: skip
+        out = Stylizer(
+            style, size=64, steps=12, precision="fp32", optimizer=optimizer, graph=graph, device="cuda"
+        ).stylize_tensor(content, callback=lambda it: seen.append(it.loss))
         runs[graph] = (seen, out)
     assert runs["cuda"][0] == pytest.approx(runs["eager"][0], rel=2e-3)
     assert torch.allclose(runs["cuda"][1], runs["eager"][1], atol=2e-3)
@@ -192,13 +195,16 @@ def test_cuda_graph_steps_follow_the_eager_ones(optimizer):
 
 def test_engine_stops_on_a_non_finite_loss():
     with pytest.raises(NstError, match="the loss became inf"):
-        Stylizer(torch.rand(3, 32, 32), size=32, steps=3, backend="torch", tv_weight=1e300).stylize(torch.rand(3, 32, 32))
+        Stylizer(torch.rand(3, 32, 32), size=32, steps=3, backend="torch", tv_weight=1e300).stylize(
+            torch.rand(3, 32, 32)
+        )
 
 
 def test_engine_callback_reads_are_lazy():
     seen = []
-    Stylizer(torch.rand(3, 32, 32), size=32, steps=3, backend="torch").stylize(torch.rand(3, 32, 32),
-                                                                               callback=seen.append)  # fmt: skip
+    Stylizer(torch.rand(3, 32, 32), size=32, steps=3, backend="torch").stylize(
+        torch.rand(3, 32, 32), callback=seen.append
+    )
     assert isinstance(seen[0]._loss, torch.Tensor), "the loss stays a tensor until read"
     assert isinstance(seen[0].loss, float) and set(seen[0].losses) == {"content", "style"}
 
@@ -221,7 +227,8 @@ def test_checkpointed_loss_equals_the_plain_loss(tubingen, starry_night):
 def test_checkpointing_runs_end_to_end():
     seen = []
     Stylizer(torch.rand(3, 40, 40), size=40, steps=4, backend="torch", checkpoint="on").stylize(
-        torch.rand(3, 40, 40), callback=seen.append)  # fmt: skip
+        torch.rand(3, 40, 40), callback=seen.append
+    )
     assert len(seen) == 4 and seen[-1].loss < seen[0].loss
 
 
@@ -286,8 +293,9 @@ print(sum(o.numel() for o in gc.garbage if real_tensor(o)))
 """
 
 
-@pytest.mark.parametrize("options", [{"checkpoint": "on"}, {"graph": "compile"}, {"optimizer": "adam"},
-                                     {"backend": "reference"}])  # fmt: skip
+@pytest.mark.parametrize(
+    "options", [{"checkpoint": "on"}, {"graph": "compile"}, {"optimizer": "adam"}, {"backend": "reference"}]
+)
 def test_first_run_in_a_process_leaves_no_tensors_in_reference_cycles(options):
     """These paths import torch._dynamo on their first use (checkpointing, compilation, torch.optim),
     which, imported from inside a run, left the run's tensors in reference cycles, held until a full
@@ -295,8 +303,13 @@ def test_first_run_in_a_process_leaves_no_tensors_in_reference_cycles(options):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", GARBAGE_AFTER_A_RUN, repr(options)], capture_output=True,
-                         text=True, check=True, timeout=600)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", GARBAGE_AFTER_A_RUN, repr(options)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     # Not one image's worth (64 × 48 × 3 elements) of tensors: torch's own small cycles may hold a few.
     assert int(out.stdout.split()[-1]) < 64 * 48 * 3, out.stdout
 
@@ -314,6 +327,7 @@ def test_bf16_stays_finite_on_every_shared_pair(photo):
     for painting in PAINTINGS:
         seen = []
         out = Stylizer(shared_image(painting), size=64, steps=8, backend="torch", precision="bf16").stylize_tensor(
-            content, callback=seen.append)  # fmt: skip
+            content, callback=seen.append
+        )
         assert all(torch.isfinite(torch.tensor([it.loss, *it.losses.values()])).all() for it in seen), painting
         assert torch.isfinite(out).all() and seen[-1].loss < seen[0].loss, painting

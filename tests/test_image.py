@@ -16,7 +16,12 @@ from nst_fast.image import check_output_path, load_image, resize_longest, save_i
 def test_load_from_path_pil_and_tensor(tmp_path):
     pil = Image.new("RGB", (5, 3), (255, 0, 128))
     pil.save(tmp_path / "a.png")
-    for source in (tmp_path / "a.png", str(tmp_path / "a.png"), pil, torch.tensor([1.0, 0.0, 128 / 255]).view(3, 1, 1).expand(3, 3, 5)):
+    for source in (
+        tmp_path / "a.png",
+        str(tmp_path / "a.png"),
+        pil,
+        torch.tensor([1.0, 0.0, 128 / 255]).view(3, 1, 1).expand(3, 3, 5),
+    ):
         x = load_image(source)
         assert x.shape == (1, 3, 3, 5) and x.dtype == torch.float32
         assert torch.allclose(x[0, :, 1, 2], torch.tensor([1.0, 0.0, 128 / 255]), atol=1e-6)
@@ -40,7 +45,9 @@ def test_greyscale_and_alpha_become_rgb(tmp_path):
 def test_deep_float_and_transparent_images(tmp_path):
     Image.fromarray(np.full((3, 4), 32768, dtype=np.uint16)).save(tmp_path / "deep.png")
     assert torch.allclose(load_image(tmp_path / "deep.png"), torch.full((1, 3, 3, 4), 32768 / 65535))
-    assert torch.allclose(load_image(Image.fromarray(np.full((2, 2), 0.25, dtype=np.float32))), torch.full((1, 3, 2, 2), 0.25))
+    assert torch.allclose(
+        load_image(Image.fromarray(np.full((2, 2), 0.25, dtype=np.float32))), torch.full((1, 3, 2, 2), 0.25)
+    )
     clear = Image.new("RGBA", (2, 2), (0, 0, 0, 0))  # fully transparent black: white after compositing
     assert torch.allclose(load_image(clear), torch.ones(1, 3, 2, 2))
     half = Image.new("RGBA", (2, 2), (0, 0, 0, 128))
@@ -116,8 +123,10 @@ def test_saved_files_carry_the_same_profile_bytes_in_every_process():
     from nst_fast.image import PROFILE_DATE, srgb_profile
 
     profile = srgb_profile()
-    assert profile[36:40] == b"acsp" and tuple(int.from_bytes(profile[24 + 2 * i:26 + 2 * i], "big")
-                                             for i in range(6)) == PROFILE_DATE  # fmt: skip
+    assert (
+        profile[36:40] == b"acsp"
+        and tuple(int.from_bytes(profile[24 + 2 * i : 26 + 2 * i], "big") for i in range(6)) == PROFILE_DATE
+    )
     assert "sRGB" in ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(profile)))
     code = "import sys; from nst_fast.image import srgb_profile; sys.stdout.write(srgb_profile().hex())"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)

@@ -106,8 +106,10 @@ def test_tv_loss_of_one_pixel_wide_images_is_finite():
 def test_content_batches_must_fit():
     with pytest.raises(ValueError, match="do not fit"):
         losses.content_loss(rand(3, 4, 5, 5), rand(1, 4, 5, 5))
-    close(losses.content_loss(rand(1, 4, 5, 5) * 0 + 1, torch.ones(2, 4, 5, 5, dtype=torch.float64) * 2),
-          2 * content_f64(torch.ones(1, 4, 5, 5), 2 * torch.ones(1, 4, 5, 5)))
+    close(
+        losses.content_loss(rand(1, 4, 5, 5) * 0 + 1, torch.ones(2, 4, 5, 5, dtype=torch.float64) * 2),
+        2 * content_f64(torch.ones(1, 4, 5, 5), 2 * torch.ones(1, 4, 5, 5)),
+    )
 
 
 def test_total_loss_combines_weighted_terms():

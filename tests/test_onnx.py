@@ -26,11 +26,42 @@ from nst_fast.weights import load_weights  # noqa: E402
 STYLE = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 # What TensorRT's ONNX parser takes, and all the step graph may use.
 ALLOWED_OPS = {
-    "Add", "Sub", "Mul", "Div", "Sum", "Max", "Abs", "Reciprocal", "Cast", "Identity", "Gather", "Shape",
-    "ReduceProd", "ReduceSum", "ReduceMax", "Reshape", "Transpose", "MatMul", "Conv", "ConvTranspose", "Relu",
-    "MaxPool", "AveragePool", "Greater", "Equal", "And", "Not", "Or", "Where", "Slice", "Split", "Concat",
-    "SpaceToDepth", "DepthToSpace", "Pad",
-}  # fmt: skip
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Sum",
+    "Max",
+    "Abs",
+    "Reciprocal",
+    "Cast",
+    "Identity",
+    "Gather",
+    "Shape",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceMax",
+    "Reshape",
+    "Transpose",
+    "MatMul",
+    "Conv",
+    "ConvTranspose",
+    "Relu",
+    "MaxPool",
+    "AveragePool",
+    "Greater",
+    "Equal",
+    "And",
+    "Not",
+    "Or",
+    "Where",
+    "Slice",
+    "Split",
+    "Concat",
+    "SpaceToDepth",
+    "DepthToSpace",
+    "Pad",
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +87,14 @@ def make_loss(model, content_layers, style_layers, size, tv=0.0, seed=1, style_s
     with torch.no_grad():
         a_c, a_s = model(content), model(style)
     return StyleTransferLoss(
-        {n: a_c[n] for n in content_layers}, {n: style_target(a_s[n]) for n in style_layers},
-        {n: 1.0 / (i + 1) for i, n in enumerate(style_layers)}, content_weight=1.5, style_weight=20.0,
-        tv_weight=tv, impl="ref",
-    )  # fmt: skip
+        {n: a_c[n] for n in content_layers},
+        {n: style_target(a_s[n]) for n in style_layers},
+        {n: 1.0 / (i + 1) for i, n in enumerate(style_layers)},
+        content_weight=1.5,
+        style_weight=20.0,
+        tv_weight=tv,
+        impl="ref",
+    )
 
 
 def autograd64(model, loss_fn, image32):
@@ -68,8 +103,12 @@ def autograd64(model, loss_fn, image32):
     loss64 = StyleTransferLoss(
         {k: v.double() for k, v in loss_fn.content_targets.items()},
         {k: v.double() for k, v in loss_fn.style_targets.items()},
-        loss_fn.layer_weights, loss_fn.content_weight, loss_fn.style_weight, loss_fn.tv_weight, impl="ref",
-    )  # fmt: skip
+        loss_fn.layer_weights,
+        loss_fn.content_weight,
+        loss_fn.style_weight,
+        loss_fn.tv_weight,
+        impl="ref",
+    )
     image = image32.double().requires_grad_(True)
     loss, terms = loss64(model64(image), image)
     loss.backward()
@@ -324,16 +363,35 @@ def test_export_step_command(images, tmp_path, capsys):
     content, style = images
     small = ["--size", "32", "--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1"]
     baked, inputs = tmp_path / "baked.onnx", tmp_path / "inputs.onnx"
-    code, _, err = run(["step", "--content", content, "--style", style, *small, "--tv-weight", "1", "-o", baked],
-                       capsys)  # fmt: skip
+    code, _, err = run(
+        ["step", "--content", content, "--style", style, *small, "--tv-weight", "1", "-o", baked], capsys
+    )
     assert code == 0 and "targets as initializers" in err, err
     proto = onnx.load(baked)
     onnx.checker.check_model(proto)
     assert [i.name for i in proto.graph.input] == ["image"]
     assert [o.name for o in proto.graph.output] == ["loss", "grad", "content", "style", "tv"]
     feeds_path = tmp_path / "feeds.npz"
-    code, _, err = run(["step", "--content", content, "--style", style, *small, "--targets", "inputs",
-                        "--feeds", feeds_path, "--dtype", "float16", "-q", "-o", inputs], capsys)  # fmt: skip
+    code, _, err = run(
+        [
+            "step",
+            "--content",
+            content,
+            "--style",
+            style,
+            *small,
+            "--targets",
+            "inputs",
+            "--feeds",
+            feeds_path,
+            "--dtype",
+            "float16",
+            "-q",
+            "-o",
+            inputs,
+        ],
+        capsys,
+    )
     assert code == 0 and err == ""
     feeds = dict(np.load(feeds_path))
     proto = onnx.load(inputs)
@@ -353,10 +411,14 @@ def test_export_step_command(images, tmp_path, capsys):
         (["features", "-o", "{tmp}/missing/f.onnx"], "output directory does not exist"),
         (["step", "--content", "{content}", "-o", "{tmp}/s.onnx"], "--content and --style go together"),
         (["step", "--targets", "initializers", "-o", "{tmp}/s.onnx"], "bakes in the targets"),
-        (["step", "--content", "{content}", "--style", "{style}", "--feeds", "{tmp}/f.npz", "-o", "{tmp}/s.onnx"],
-         "--feeds writes the inputs"),
-        (["step", "--content", "{tmp}/nope.png", "--style", "{style}", "--size", "32", "-o", "{tmp}/s.onnx"],
-         "nope.png"),
+        (
+            ["step", "--content", "{content}", "--style", "{style}", "--feeds", "{tmp}/f.npz", "-o", "{tmp}/s.onnx"],
+            "--feeds writes the inputs",
+        ),
+        (
+            ["step", "--content", "{tmp}/nope.png", "--style", "{style}", "--size", "32", "-o", "{tmp}/s.onnx"],
+            "nope.png",
+        ),
         (["step", "--style-weight", "-1", "-o", "{tmp}/s.onnx"], "style_weight must not be negative"),
         (["bogus", "-o", "{tmp}/s.onnx"], "invalid choice"),
         ([], "required"),

@@ -48,8 +48,14 @@ def test_noise_inits_lower_the_loss(tubingen, the_scream, init):
 def test_api_accepts_paths_pil_and_tensors(tubingen, starry_night):
     pil = Image.open(tubingen)
     tensor = load_image(tubingen)[0]
-    outputs = [nst_fast.stylize(c, s, steps=3, size=48) for c, s in [(tubingen, starry_night),
-               (str(tubingen), Image.open(starry_night)), (tensor, load_image(starry_night))]]  # fmt: skip
+    outputs = [
+        nst_fast.stylize(c, s, steps=3, size=48)
+        for c, s in [
+            (tubingen, starry_night),
+            (str(tubingen), Image.open(starry_night)),
+            (tensor, load_image(starry_night)),
+        ]
+    ]
     assert all(isinstance(o, Image.Image) and o.size == outputs[0].size for o in outputs)
     assert max(outputs[0].size) == 48 and outputs[0].size[0] > outputs[0].size[1]  # tubingen is landscape
     a, b = (torch.from_numpy(np.array(o)) for o in outputs[:2])
@@ -75,9 +81,16 @@ def test_callback_receives_each_iterate():
     assert seen[-1].image.shape == (1, 3, 27, 32) and seen[-1].to_pil().size == (32, 27)
 
 
-@pytest.mark.parametrize("options", [dict(init="content"), dict(init="content+noise", preserve_colors=True),
-                                     dict(size=48, tile=32), dict(backend="reference", size=48, pyramid_start=24)],
-                         ids=["content", "noise+colors", "tiled", "pyramid"])  # fmt: skip
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(init="content"),
+        dict(init="content+noise", preserve_colors=True),
+        dict(size=48, tile=32),
+        dict(backend="reference", size=48, pyramid_start=24),
+    ],
+    ids=["content", "noise+colors", "tiled", "pyramid"],
+)
 def test_content_tensor_is_used_without_a_copy_and_left_unchanged(options):
     """The Stylizer reads a clean float32 content tensor in place (at print resolution a copy costs
     hundreds of MB), so no path of a run may write to it."""
@@ -113,7 +126,11 @@ def test_too_small_images_and_bad_options_fail_clearly():
         nst_fast.stylize(torch.rand(3, 8, 200), torch.rand(3, 32, 32), size=100, steps=1)
     with pytest.raises(OptionsError, match="unknown option"):
         nst_fast.stylize(torch.rand(3, 32, 32), torch.rand(3, 32, 32), sise=32)
-    with pytest.raises(OptionsError, match="no usable CUDA") if not torch.cuda.is_available() else pytest.raises(OptionsError, match="only"):
+    with (
+        pytest.raises(OptionsError, match="no usable CUDA")
+        if not torch.cuda.is_available()
+        else pytest.raises(OptionsError, match="only")
+    ):
         Stylizer(torch.rand(3, 32, 32), device="cuda" if not torch.cuda.is_available() else "cuda:99")
 
 
@@ -153,7 +170,9 @@ def test_weights_file_with_caffe_preprocessing(tmp_path):
         state[f"features.{TORCHVISION_INDEX[name]}.weight"], state[f"features.{TORCHVISION_INDEX[name]}.bias"] = w, b
     torch.save(state, tmp_path / "vgg19-caffe.pth")
     style = torch.rand(3, 32, 32)
-    as_caffe = Stylizer(style, size=32, steps=0, weights=str(tmp_path / "vgg19-caffe.pth"), weights_preprocessing="caffe")
+    as_caffe = Stylizer(
+        style, size=32, steps=0, weights=str(tmp_path / "vgg19-caffe.pth"), weights_preprocessing="caffe"
+    )
     as_torchvision = Stylizer(style, size=32, steps=0, weights=str(tmp_path / "vgg19-caffe.pth"))
     bundled = Stylizer(style, size=32, steps=0)
     for name, target in bundled.style_targets.items():

@@ -11,8 +11,10 @@ from nst_fast.errors import OptionsError
 from nst_fast.tiling import Tile, blend_weights, paste, tile_grid
 
 
-@pytest.mark.parametrize(("height", "width", "tile", "overlap"), [(100, 300, 128, 32), (1536, 2048, 512, 64),
-                                                                  (97, 97, 40, 8), (50, 60, 64, 16)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "overlap"),
+    [(100, 300, 128, 32), (1536, 2048, 512, 64), (97, 97, 40, 8), (50, 60, 64, 16)],
+)
 def test_grid_covers_the_image_with_overlapping_tiles(height, width, tile, overlap):
     grid = tile_grid(height, width, tile, overlap)
     covered = torch.zeros(height, width, dtype=torch.int32)
@@ -98,8 +100,10 @@ def test_a_tiled_run_reports_every_tile_and_blends_without_seams(tubingen, starr
     assert out.shape == (1, 3, 96, 128) and torch.isfinite(out).all()
     # No seams: the step between neighbouring columns (rows) at the tiles' edges is no larger than
     # elsewhere in the image.
-    for dim, edges in ((3, {t.left for t in tiles} | {t.left + t.width for t in tiles}),
-                       (2, {t.top for t in tiles} | {t.top + t.height for t in tiles})):  # fmt: skip
+    for dim, edges in (
+        (3, {t.left for t in tiles} | {t.left + t.width for t in tiles}),
+        (2, {t.top for t in tiles} | {t.top + t.height for t in tiles}),
+    ):
         steps = out.diff(dim=dim).abs().mean(dim=(0, 1, 5 - dim))
         at_edges = torch.stack([steps[e - 1] for e in edges if 0 < e < out.shape[dim]])
         assert at_edges.max() < 2 * steps.median(), (dim, at_edges, steps.median())
@@ -118,6 +122,21 @@ def test_tiles_lower_the_memory_estimate_and_the_cli_suggests_them(images, tmp_p
     err = capsys.readouterr().err
     assert code == 2 and "--tile" in err and "--size" in err and "GiB is free" in err, err
     assert not (tmp_path / "out.png").exists()
-    code = main([content, style, "-o", tmp_path / "out.png", "--size", "96", "--pyramid-start", "48",
-                 "--tile", "64", "--steps", "2", "-q"])  # fmt: skip
+    code = main(
+        [
+            content,
+            style,
+            "-o",
+            tmp_path / "out.png",
+            "--size",
+            "96",
+            "--pyramid-start",
+            "48",
+            "--tile",
+            "64",
+            "--steps",
+            "2",
+            "-q",
+        ]
+    )
     assert code == 0 and (tmp_path / "out.png").is_file()

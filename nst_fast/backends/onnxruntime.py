@@ -102,8 +102,13 @@ def _provider_options(provider: str, device_id: int, digest: str) -> dict[str, s
         timing = trt_cache_dir()
         engines = timing / digest[:16]
         engines.mkdir(parents=True, exist_ok=True)
-        return {"device_id": str(device_id), "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(engines),
-                "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(timing)}  # fmt: skip
+        return {
+            "device_id": str(device_id),
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(engines),
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(timing),
+        }
     if provider == CUDA:
         return {"device_id": str(device_id)}
     return {}
@@ -151,8 +156,10 @@ def session(graph: bytes, providers: list[str], device_id: int = 0):
         sess = ort.InferenceSession(graph, so, providers=with_options)
         used = sess.get_providers()
         fallback = f" (fallback {', '.join(used[1:])})" if len(used) > 1 else ""
-        log.info(f"onnxruntime {ort.__version__}: {used[0]}{fallback}; session created in "
-                 f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+        log.info(
+            f"onnxruntime {ort.__version__}: {used[0]}{fallback}; session created in "
+            f"{time.perf_counter() - start:.1f} s"
+        )
         _SESSIONS[key] = sess
         while len(_SESSIONS) > _SESSIONS_MAX:
             _SESSIONS.popitem(last=False)
@@ -170,8 +177,9 @@ class OrtStep:
     """Loss and gradient of ``loss_fn(model(image), image)`` by ONNX Runtime, for images shaped like
     ``like``; call it with a float32 image on :attr:`device` to get (loss, terms, gradient)."""
 
-    def __init__(self, model: VGG19, loss_fn: StyleTransferLoss, like: torch.Tensor,
-                 providers: list[str] | None = None):  # fmt: skip
+    def __init__(
+        self, model: VGG19, loss_fn: StyleTransferLoss, like: torch.Tensor, providers: list[str] | None = None
+    ):
         self.providers = providers or choose_providers(None)
         gpu = self.providers[0] in (TENSORRT, CUDA)
         if like.is_cuda and gpu:
@@ -209,8 +217,11 @@ class OrtStep:
                 raise ValueError("the bound image must be a contiguous float32 tensor on the session's device")
             binding = self.session.io_binding()
             dev, idx = "cuda", self.device.index or 0
-            self._outs = {"loss": torch.empty((), device=self.device), "grad": torch.empty_like(image),
-                          **{k: torch.empty((), device=self.device) for k in self.terms}}  # fmt: skip
+            self._outs = {
+                "loss": torch.empty((), device=self.device),
+                "grad": torch.empty_like(image),
+                **{k: torch.empty((), device=self.device) for k in self.terms},
+            }
             for name, t in [("image", image), *self._targets.items()]:
                 binding.bind_input(name, dev, idx, np.float32, list(t.shape), t.data_ptr())
             for name, t in self._outs.items():

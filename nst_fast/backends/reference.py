@@ -38,7 +38,9 @@ def optimize(
     return optimizer_loop(image.detach().requires_grad_(True), spec, evaluate, callback)
 
 
-def make_step(model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, spec: LoopSpec) -> Callable[[], torch.Tensor]:
+def make_step(
+    model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, spec: LoopSpec
+) -> Callable[[], torch.Tensor]:
     """One evaluation of the loss and its gradient per call, as the loop's closure does it."""
     x = image.detach().clone().requires_grad_(True)
 
@@ -51,7 +53,9 @@ def make_step(model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, spe
     return step
 
 
-def optimizer_loop(x: torch.Tensor, spec: LoopSpec, evaluate: Evaluate, callback: Callback | None = None) -> torch.Tensor:
+def optimizer_loop(
+    x: torch.Tensor, spec: LoopSpec, evaluate: Evaluate, callback: Callback | None = None
+) -> torch.Tensor:
     """The reference's optimization around ``evaluate(x) → (loss, terms, ∂loss/∂x)``: torch.optim.LBFGS
     (no line search) or Adam updates ``x`` (a leaf tensor, in place), kept in [0, 1]; ``spec.steps``
     evaluations; a non-finite loss stops the run. Other loops (ONNX Runtime) reuse it with their own
@@ -83,7 +87,9 @@ def optimizer_loop(x: torch.Tensor, spec: LoopSpec, evaluate: Evaluate, callback
         step += 1
         value = _number(loss)
         if not math.isfinite(value):
-            raise DivergedError(f"the loss became {value} at step {step}; lower --lr, or the content, style or TV weight")
+            raise DivergedError(
+                f"the loss became {value} at step {step}; lower --lr, or the content, style or TV weight"
+            )
         x.grad = grad
         if callback is not None:
             losses = {k: _number(v) for k, v in terms.items()}

@@ -99,8 +99,16 @@ def measure_memory(
     of a fresh model, as a CLI run is), both beyond what is loaded before it: the network's weights and,
     on a CPU, the content image."""
     content, style = images or default_images()
-    options = Options(size=size, steps=steps, device=device, backend="torch", precision=precision,
-                      checkpoint=checkpoint, impl=impl, pyramid_start=0)  # fmt: skip
+    options = Options(
+        size=size,
+        steps=steps,
+        device=device,
+        backend="torch",
+        precision=precision,
+        checkpoint=checkpoint,
+        impl=impl,
+        pyramid_start=0,
+    )
     stylizer = Stylizer(style, options)
     content = resize_longest(content, size)
     plan = stylizer.plan(content)

@@ -22,14 +22,19 @@ def format_table(results: list[Measurement]) -> str:
     for m in results:
         mem = "-" if m.peak_memory_mb is None else f"{m.peak_memory_mb:.0f}"
         image = f"{m.image[-1]}×{m.image[-2]}"
-        lines.append(f"{m.backend:<12} {m.precision:<9} {m.device:<7} {m.size:>5} {image:>11} "
-                     f"{m.ms_median:>9.1f} {m.iterations_per_second:>7.2f} {mem:>9}")  # fmt: skip
+        lines.append(
+            f"{m.backend:<12} {m.precision:<9} {m.device:<7} {m.size:>5} {image:>11} "
+            f"{m.ms_median:>9.1f} {m.iterations_per_second:>7.2f} {mem:>9}"
+        )
     return "\n".join(lines)
 
 
 def save_json(path: str | os.PathLike, results: list[Measurement]) -> None:
-    data = {"machine": machine_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "results": [{**asdict(m), "iterations_per_second": m.iterations_per_second} for m in results]}  # fmt: skip
+    data = {
+        "machine": machine_info(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "results": [{**asdict(m), "iterations_per_second": m.iterations_per_second} for m in results],
+    }
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
@@ -46,7 +51,10 @@ def plot(path: str | os.PathLike, results: list[Measurement], title: str | None 
         speed.plot(sizes, [m.iterations_per_second for m in ms], marker="o", label=label)
         if all(m.peak_memory_mb is not None for m in ms):
             memory.plot(sizes, [m.peak_memory_mb for m in ms], marker="o", label=label)
-    for ax, ylabel in ((speed, "iterations per second"), (memory, f"peak memory added (MiB, {results[0].memory_kind})")):
+    for ax, ylabel in (
+        (speed, "iterations per second"),
+        (memory, f"peak memory added (MiB, {results[0].memory_kind})"),
+    ):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("image size (longest side, px)")

@@ -87,8 +87,18 @@ def measure_step(
             loss = step()
             synchronize(dev)
             times.append((time.perf_counter() - start) * 1000)
-    return Measurement(backend, precision, size, str(dev), list(content.shape), statistics.median(times), times,
-                       memory.peak_mb, memory.kind, float(loss))  # fmt: skip
+    return Measurement(
+        backend,
+        precision,
+        size,
+        str(dev),
+        list(content.shape),
+        statistics.median(times),
+        times,
+        memory.peak_mb,
+        memory.kind,
+        float(loss),
+    )
 
 
 def measure_step_isolated(
@@ -96,9 +106,12 @@ def measure_step_isolated(
 ) -> Measurement:
     """:func:`measure_step` in a fresh Python process (for a CPU's peak-memory figure: memory that the C
     allocator has taken is not given back, and would hide the next configuration's peak)."""
-    arguments = dict(backend=backend, precision=precision, size=size, device=device, rounds=rounds, warmup=warmup,
-                     graph=graph)  # fmt: skip
-    out = subprocess.run([sys.executable, "-m", "nst_fast.bench", json.dumps(arguments)], capture_output=True, text=True)
+    arguments = dict(
+        backend=backend, precision=precision, size=size, device=device, rounds=rounds, warmup=warmup, graph=graph
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "nst_fast.bench", json.dumps(arguments)], capture_output=True, text=True
+    )
     if out.returncode != 0:
         last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
         raise RuntimeError(f"benchmark process failed: {last}")
@@ -146,8 +159,9 @@ def measure_loop(
     model and size), whose time is reported as ``first_run_s``. Each run ends by copying the image to
     the host, which waits for the device."""
     content, style = images or default_images()
-    options = Options(size=size, steps=steps, device=device, backend="torch", precision=precision, graph=graph,
-                      pyramid_start=0)  # one scale: every iteration at ``size``  # fmt: skip
+    options = Options(
+        size=size, steps=steps, device=device, backend="torch", precision=precision, graph=graph, pyramid_start=0
+    )  # one scale: every iteration at ``size``
     stylizer = Stylizer(style, options)
     content = resize_longest(content, size)
     synchronize(stylizer.device)
@@ -160,5 +174,13 @@ def measure_loop(
         start = time.perf_counter()
         stylizer.stylize_tensor(content)
         times.append((time.perf_counter() - start) * 1000 / steps)
-    return {"precision": precision, "graph": graph, "size": size, "steps": steps, "device": str(stylizer.device),
-            "ms_per_iteration_median": statistics.median(times), "ms_all": times, "first_run_s": first}  # fmt: skip
+    return {
+        "precision": precision,
+        "graph": graph,
+        "size": size,
+        "steps": steps,
+        "device": str(stylizer.device),
+        "ms_per_iteration_median": statistics.median(times),
+        "ms_all": times,
+        "first_run_s": first,
+    }

@@ -27,9 +27,15 @@ def build_bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", default="128,256,512", help="image sizes (longest side, px) (default: %(default)s)")
     parser.add_argument("--backends", default=None, help="comma-separated backends (default: all available)")
     parser.add_argument("--device", default="auto", help="torch device (default: %(default)s)")
-    parser.add_argument("--graph", default="auto", choices=GRAPHS,
-                        help="how the torch backend's steps run, as for stylizing (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=5, help="timed iterations per configuration (default: %(default)s)")
+    parser.add_argument(
+        "--graph",
+        default="auto",
+        choices=GRAPHS,
+        help="how the torch backend's steps run, as for stylizing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="timed iterations per configuration (default: %(default)s)"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default: %(default)s)")
     parser.add_argument("--json", metavar="FILE", help="write the results and the machine's description as JSON")
     parser.add_argument("--plot", metavar="FILE", help="plot it/s and memory against size (PNG, SVG or PDF)")
@@ -58,8 +64,12 @@ def run_bench(args: argparse.Namespace) -> int:
     configurations = bench.configurations(device, backends)
     if not args.quiet:
         names = ", ".join(dict.fromkeys(b for b, _ in configurations))
-        print(f"measuring {names} at {', '.join(map(str, sorted(sizes)))} px ({args.warmup} warm-up + "
-              f"{args.rounds} timed iterations each)", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"measuring {names} at {', '.join(map(str, sorted(sizes)))} px ({args.warmup} warm-up + "
+            f"{args.rounds} timed iterations each)",
+            file=sys.stderr,
+            flush=True,
+        )
     results = bench.run(sizes, backends, args.device, args.rounds, args.warmup, graph=args.graph)
     if not args.quiet:
         print(bench.format_table(results))
@@ -85,7 +95,9 @@ def run_info(args: argparse.Namespace) -> int:
     extension = "loaded" + (" (CPU and CUDA kernels)" if _ext.WITH_CUDA else " (CPU kernels)")
     device = resolve_device("auto")
     backends = [
-        f"{b.name} ({'/'.join(b.precisions_on(device))})" if b.unavailable() is None else f"{b.name} ({b.unavailable()})"
+        f"{b.name} ({'/'.join(b.precisions_on(device))})"
+        if b.unavailable() is None
+        else f"{b.name} ({b.unavailable()})"
         for b in BACKENDS.values()
     ]
     rows = [

@@ -93,8 +93,12 @@ def add_option_flags(parser, names: tuple[str, ...]) -> None:
         if f.metadata["choices"]:
             kwargs["choices"] = f.metadata["choices"]
         # Lists stay text: Options parses and validates "a,b,c" itself, with its own messages.
-        parse, metavar = {"int": (int, "N"), "float": (float, "X"), "names": (str, "A,B,..."),
-                          "floats": (str, "A,B,...")}.get(kind, (str, None))  # fmt: skip
+        parse, metavar = {
+            "int": (int, "N"),
+            "float": (float, "X"),
+            "names": (str, "A,B,..."),
+            "floats": (str, "A,B,..."),
+        }.get(kind, (str, None))
         parser.add_argument(flag(name), type=parse, metavar=metavar, **kwargs)
 
 

@@ -21,9 +21,21 @@ from .common import EXIT_OK, ArgumentParser, add_option_flags, check_writable, o
 
 # Options that shape an exported graph (the rest — steps, optimizer, seed, ... — belong to the loop).
 FEATURES_OPTIONS = ("pooling", "weights", "weights_preprocessing")
-STEP_OPTIONS = ("size", "style_scale", "content_layers", "style_layers", "style_layer_weights", "content_weight",
-                "style_weight", "normalize_losses", "tv_weight", "pooling", "weights", "weights_preprocessing",
-                "device")  # fmt: skip
+STEP_OPTIONS = (
+    "size",
+    "style_scale",
+    "content_layers",
+    "style_layers",
+    "style_layer_weights",
+    "content_weight",
+    "style_weight",
+    "normalize_losses",
+    "tv_weight",
+    "pooling",
+    "weights",
+    "weights_preprocessing",
+    "device",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,34 +52,64 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="kind", required=True, metavar="{features,step}")
-    features = sub.add_parser("features", help="the truncated feature extractor: image → one output per layer",
-                              description="The VGG-19 feature extractor, truncated after the deepest layer, with "
-                              "one output per layer (named after it) and the weights' preprocessing inside: its "
-                              "input is RGB in [0, 1], N×3×H×W, float32.")  # fmt: skip
-    features.add_argument("--layers", default=None, metavar="A,B,...",
-                          help="layers to output (default: the default content and style layers)")  # fmt: skip
+    features = sub.add_parser(
+        "features",
+        help="the truncated feature extractor: image → one output per layer",
+        description="The VGG-19 feature extractor, truncated after the deepest layer, with "
+        "one output per layer (named after it) and the weights' preprocessing inside: its "
+        "input is RGB in [0, 1], N×3×H×W, float32.",
+    )
+    features.add_argument(
+        "--layers",
+        default=None,
+        metavar="A,B,...",
+        help="layers to output (default: the default content and style layers)",
+    )
     add_option_flags(features, FEATURES_OPTIONS)
-    step = sub.add_parser("step", help="the loss-and-gradient step: image → (loss, ∂loss/∂image)",
-                          description="The loss of a stylization and its gradient with respect to the image "
-                          "(outputs loss, grad, and one scalar per term), with standard ops only.")  # fmt: skip
+    step = sub.add_parser(
+        "step",
+        help="the loss-and-gradient step: image → (loss, ∂loss/∂image)",
+        description="The loss of a stylization and its gradient with respect to the image "
+        "(outputs loss, grad, and one scalar per term), with standard ops only.",
+    )
     step.add_argument("--content", default=None, help="content image: its activations are the content targets")
     step.add_argument("--style", action="append", default=None, help="style image (repeat to blend)")
     step.add_argument("--style-blend", default=None, metavar="W1,W2,...", help="blend weights of the style images")
-    step.add_argument("--targets", choices=("inputs", "initializers"), default=None,
-                      help="targets and weights as graph inputs (one graph for many images) or baked in "
-                      "(default: initializers when --content and --style are given, else inputs)")  # fmt: skip
-    step.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                      help="precision of the network inside (inputs and outputs stay float32) (default: %(default)s)")
-    step.add_argument("--conv-backward", choices=("convtranspose", "conv"), default="convtranspose",
-                      help="a convolution's input gradient as ConvTranspose with its weights, or Conv with "
-                      "flipped copies (default: %(default)s)")  # fmt: skip
-    step.add_argument("--feeds", metavar="FILE.npz", default=None,
-                      help="also write the graph's inputs for these images (targets as inputs): name → array")
+    step.add_argument(
+        "--targets",
+        choices=("inputs", "initializers"),
+        default=None,
+        help="targets and weights as graph inputs (one graph for many images) or baked in "
+        "(default: initializers when --content and --style are given, else inputs)",
+    )
+    step.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="precision of the network inside (inputs and outputs stay float32) (default: %(default)s)",
+    )
+    step.add_argument(
+        "--conv-backward",
+        choices=("convtranspose", "conv"),
+        default="convtranspose",
+        help="a convolution's input gradient as ConvTranspose with its weights, or Conv with "
+        "flipped copies (default: %(default)s)",
+    )
+    step.add_argument(
+        "--feeds",
+        metavar="FILE.npz",
+        default=None,
+        help="also write the graph's inputs for these images (targets as inputs): name → array",
+    )
     add_option_flags(step, STEP_OPTIONS)
     for p in (features, step):
         p.add_argument("-o", "--output", required=True, metavar="FILE.onnx", help="the ONNX file to write")
-        p.add_argument("--no-check", dest="check", action="store_false",
-                       help="skip running the graph in ONNX Runtime against PyTorch")  # fmt: skip
+        p.add_argument(
+            "--no-check",
+            dest="check",
+            action="store_false",
+            help="skip running the graph in ONNX Runtime against PyTorch",
+        )
         p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return parser
 
@@ -122,26 +164,30 @@ def _export_step(args: argparse.Namespace, options, say) -> int:
         fp32 = args.dtype == "float32"
         _checked(loss_error, 1e-3 if fp32 else 1e-2, "step graph's loss")
         _checked(grad_error, 1e-2 if fp32 else 1e-1, "step graph's gradient")
-        say(f"checked against torch autograd in ONNX Runtime: loss {loss_error:.1e}, gradient {grad_error:.1e} "
-            "relative error")  # fmt: skip
+        say(
+            f"checked against torch autograd in ONNX Runtime: loss {loss_error:.1e}, gradient {grad_error:.1e} "
+            "relative error"
+        )
     if args.feeds is not None:
         feeds = step_feeds(loss_fn)
         atomic_save(args.feeds, lambda f: np.savez(f, **feeds))
         say(f"wrote {args.feeds}: {', '.join(feeds)}")
     save(proto, args.output)
     inputs = ", ".join(i.name for i in proto.graph.input)
-    say(f"wrote {args.output} ({_megabytes(args.output)}, {args.dtype}, targets as {targets}): "
-        f"{inputs} → {', '.join(o.name for o in proto.graph.output)}")  # fmt: skip
+    say(
+        f"wrote {args.output} ({_megabytes(args.output)}, {args.dtype}, targets as {targets}): "
+        f"{inputs} → {', '.join(o.name for o in proto.graph.output)}"
+    )
     return EXIT_OK
 
 
 def _checked(error: float, tolerance: float, what: str) -> None:
     if not math.isfinite(error) or error > tolerance:
-        raise RuntimeError(f"the exported {what} differs from PyTorch by {error:.1e} (relative; over "
-                           f"{tolerance:.0e}): not trusted — please report this")  # fmt: skip
+        raise RuntimeError(
+            f"the exported {what} differs from PyTorch by {error:.1e} (relative; over "
+            f"{tolerance:.0e}): not trusted — please report this"
+        )
 
 
 def _megabytes(path: str) -> str:
     return f"{Path(path).stat().st_size / 2**20:.1f} MiB"
-
-

@@ -18,7 +18,16 @@ from ..plan import schedule
 from ..samples import sample_content, sample_style
 from ..stylizer import Stylizer
 from ..vgg import LAYER_NAMES
-from .common import EXIT_FAILURE, EXIT_OK, ArgumentParser, add_option_flags, check_at_least, check_writable, options_from, say_unless
+from .common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    ArgumentParser,
+    add_option_flags,
+    check_at_least,
+    check_writable,
+    options_from,
+    say_unless,
+)
 
 DESCRIPTION = """\
 Stylize CONTENT with STYLE: optimize an image whose VGG-19 features match the content image's and
@@ -50,26 +59,48 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nst-fast", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "content", nargs="?", help="content image, or a directory or glob of them (default: the built-in sample photograph)"
+        "content",
+        nargs="?",
+        help="content image, or a directory or glob of them (default: the built-in sample photograph)",
     )
     parser.add_argument("styles", nargs="*", metavar="style", help="style image(s) (default: the built-in painting)")
     parser.add_argument(
-        "-o", "--output", default="stylized.png",
+        "-o",
+        "--output",
+        default="stylized.png",
         help="output image, its format from its extension; a directory for a batch (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument("--style-blend", default=None, metavar="W1,W2,...",
-                        help="blend weights of the style images (default: equal)")  # fmt: skip
+    )
+    parser.add_argument(
+        "--style-blend", default=None, metavar="W1,W2,...", help="blend weights of the style images (default: equal)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     out = parser.add_argument_group("output and feedback")
-    out.add_argument("--quality", type=int, default=None, metavar="Q", help="JPEG/WebP quality, 1-100 (default: Pillow's)")
-    out.add_argument("--bit-depth", type=int, default=8, choices=(8, 16),
-                     help="bits per channel of the output; 16 needs a .tif output (default: %(default)s)")  # fmt: skip
-    out.add_argument("--format", default="png",
-                     help="output format in batch mode, where -o is a directory (default: %(default)s)")  # fmt: skip
-    out.add_argument("--save-every", type=int, default=None, metavar="N",
-                     help="also save every N-th iterate, as OUTPUT-stem.stepNNNNN.ext")  # fmt: skip
-    out.add_argument("--log-json", default=None, metavar="FILE",
-                     help="write a per-iteration trace (loss terms, time, peak memory) as JSON")  # fmt: skip
+    out.add_argument(
+        "--quality", type=int, default=None, metavar="Q", help="JPEG/WebP quality, 1-100 (default: Pillow's)"
+    )
+    out.add_argument(
+        "--bit-depth",
+        type=int,
+        default=8,
+        choices=(8, 16),
+        help="bits per channel of the output; 16 needs a .tif output (default: %(default)s)",
+    )
+    out.add_argument(
+        "--format", default="png", help="output format in batch mode, where -o is a directory (default: %(default)s)"
+    )
+    out.add_argument(
+        "--save-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also save every N-th iterate, as OUTPUT-stem.stepNNNNN.ext",
+    )
+    out.add_argument(
+        "--log-json",
+        default=None,
+        metavar="FILE",
+        help="write a per-iteration trace (loss terms, time, peak memory) as JSON",
+    )
     parser.add_argument("--list-layers", action="store_true", help="list the VGG-19 layer names and exit")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     group = parser.add_argument_group("stylization options (also nst_fast.Options fields)")

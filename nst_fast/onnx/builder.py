@@ -73,8 +73,9 @@ class GraphBuilder:
     def ints(self, *values: int) -> str:
         return self.const(list(values), np.int64, "ints")
 
-    def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int | list[str] = 1,
-           **attrs) -> str | list[str]:  # fmt: skip
+    def op(
+        self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int | list[str] = 1, **attrs
+    ) -> str | list[str]:
         if isinstance(outputs, int):
             names = [self.name(f"{hint or op_type}" + (f"_{i}" if outputs > 1 else "")) for i in range(outputs)]
         else:
@@ -100,8 +101,9 @@ class GraphBuilder:
 
     def model(self, graph_name: str, doc: str) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="nst-fast", doc_string=doc)  # fmt: skip
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="nst-fast", doc_string=doc
+        )
         model.ir_version = IR_VERSION
         return model
 
@@ -113,7 +115,6 @@ class GraphBuilder:
         """Π shape[start:] as a float32 scalar, computed in the graph."""
         dims = self.op("Shape", [tensor], f"{hint}_dims", start=start)
         return self.scalar_float(self.op("ReduceProd", [dims], f"{hint}_i64", keepdims=0), hint)
-
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -15,6 +15,7 @@ from ..vgg import LAYER, VGG19
 from .builder import to_numpy
 from .graphs import step_feeds
 
+
 def _cpu_session(proto: onnx.ModelProto):
     import onnxruntime as ort
 
@@ -48,8 +49,9 @@ def _on_cpu(model: VGG19) -> VGG19:
     return model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
 
 
-def check_step(proto: onnx.ModelProto, model: VGG19, loss_fn: StyleTransferLoss, size: tuple[int, int] | None = None,
-               seed: int = 0) -> tuple[float, float]:  # fmt: skip
+def check_step(
+    proto: onnx.ModelProto, model: VGG19, loss_fn: StyleTransferLoss, size: tuple[int, int] | None = None, seed: int = 0
+) -> tuple[float, float]:
     """Run the step graph ``proto`` of ``loss_fn`` in ONNX Runtime (CPU) on a random image and compare the
     loss and gradient with torch autograd in float64; return their relative errors.
 
@@ -71,9 +73,13 @@ def check_step(proto: onnx.ModelProto, model: VGG19, loss_fn: StyleTransferLoss,
     targets64 = StyleTransferLoss(
         {k: v.detach().cpu().double() for k, v in loss_fn.content_targets.items()},
         {k: v.detach().cpu().double() for k, v in loss_fn.style_targets.items()},
-        loss_fn.layer_weights, loss_fn.content_weight, loss_fn.style_weight, loss_fn.tv_weight,
-        content_layer_weights=loss_fn.content_layer_weights, impl="ref",
-    )  # fmt: skip
+        loss_fn.layer_weights,
+        loss_fn.content_weight,
+        loss_fn.style_weight,
+        loss_fn.tv_weight,
+        content_layer_weights=loss_fn.content_layer_weights,
+        impl="ref",
+    )
     # The same float32 image for both: the gradient is discontinuous where a ReLU or a max-pool switches, so
     # even the rounding of the image to float32 would change it by more than the engines differ.
     image32 = torch.rand(1, 3, *size, generator=gen)
@@ -100,6 +106,9 @@ def _random_loss(model64: VGG19, loss_fn: StyleTransferLoss, size, gen) -> Style
     return StyleTransferLoss(
         {k: content[k].float() for k in loss_fn.content_targets},
         {k: style_target(style[k], impl="ref").float() for k in loss_fn.style_targets},
-        loss_fn.layer_weights, loss_fn.content_weight, loss_fn.style_weight, loss_fn.tv_weight,
+        loss_fn.layer_weights,
+        loss_fn.content_weight,
+        loss_fn.style_weight,
+        loss_fn.tv_weight,
         content_layer_weights=loss_fn.content_layer_weights,
-    )  # fmt: skip
+    )

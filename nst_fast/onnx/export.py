@@ -13,6 +13,7 @@ from ..objective import StyleTransferLoss
 from ..vgg import VGG19
 from .graphs import build_features_graph, build_step_graph
 
+
 def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Check ``model`` with onnx.checker and write it to ``path`` atomically."""
     onnx.checker.check_model(model)
@@ -27,8 +28,14 @@ def export_features(model: VGG19, path: str | os.PathLike, layers: Iterable[str]
     return proto
 
 
-def export_step(model: VGG19, loss_fn: StyleTransferLoss, path: str | os.PathLike, targets: str = "inputs",
-                dtype=torch.float32, conv_backward: str = "convtranspose") -> onnx.ModelProto:  # fmt: skip
+def export_step(
+    model: VGG19,
+    loss_fn: StyleTransferLoss,
+    path: str | os.PathLike,
+    targets: str = "inputs",
+    dtype=torch.float32,
+    conv_backward: str = "convtranspose",
+) -> onnx.ModelProto:
     """Write :func:`build_step_graph`'s graph to ``path``, checked, atomically."""
     proto = build_step_graph(model, loss_fn, targets, dtype, conv_backward)
     save(proto, path)

@@ -41,7 +41,6 @@ its backward is scaled so that the largest incoming gradient is 1 (and unscaled 
 which keeps small gradients from flushing to zero in float16.
 """
 
-
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -65,9 +64,7 @@ def _check_model_layers(model: VGG19, layers: Iterable[str], what: str) -> tuple
     layers = check_layers(layers)
     missing = [n for n in layers if n not in model.body]
     if missing:
-        raise OptionsError(
-            f"{what} layer {missing[0]} is deeper than the network, which ends at {model.last_layer}"
-        )
+        raise OptionsError(f"{what} layer {missing[0]} is deeper than the network, which ends at {model.last_layer}")
     return layers
 
 
@@ -122,8 +119,10 @@ def build_features_graph(model: VGG19, layers: Iterable[str] | None = None) -> o
     for name in layers:
         channels = LAYER[name].channels
         b.output(tensors[name][1], name, TensorProto.FLOAT, ["batch", channels, f"{name}_height", f"{name}_width"])
-    doc = (f"nst-fast VGG-19 features ({model.weights_source}, {model.pooling} pooling): image N×3×H×W RGB in "
-           f"[0, 1] → {', '.join(layers)}")  # fmt: skip
+    doc = (
+        f"nst-fast VGG-19 features ({model.weights_source}, {model.pooling} pooling): image N×3×H×W RGB in "
+        f"[0, 1] → {', '.join(layers)}"
+    )
     return b.model("nst_fast_features", doc)
 
 
@@ -246,12 +245,17 @@ def build_step_graph(
     # Backward through the network, deepest layer first.
     scale = None
     if dtype == "float16":
-        peaks = [b.op("ReduceMax", [b.op("Abs", [g], "abs_grad")], "peak_grad", keepdims=0)
-                 for gs in upstream.values() for g in gs]  # fmt: skip
+        peaks = [
+            b.op("ReduceMax", [b.op("Abs", [g], "abs_grad")], "peak_grad", keepdims=0)
+            for gs in upstream.values()
+            for g in gs
+        ]
         peak = b.op("Max", [*peaks, b.const(1e-30)], "peak")
         scale = b.op("Div", [b.const(_FP16_GRAD_SCALE), peak], "grad_scale")
-        upstream = {n: [b.op("Cast", [b.op("Mul", [g, scale], "scaled_grad")], "grad_fp16", to=TensorProto.FLOAT16)
-                        for g in gs] for n, gs in upstream.items()}  # fmt: skip
+        upstream = {
+            n: [b.op("Cast", [b.op("Mul", [g, scale], "scaled_grad")], "grad_fp16", to=TensorProto.FLOAT16) for g in gs]
+            for n, gs in upstream.items()
+        }
     zero = b.const(0.0, b.np_dtype, "zero")
     g = None
     for name in reversed(list(tensors)):
@@ -261,8 +265,9 @@ def build_step_graph(
         module = model.body[name]
         if isinstance(module, torch.nn.Conv2d):
             if conv_backward == "convtranspose":
-                g = b.op("ConvTranspose", [g, f"{name}.weight"], f"grad_in.{name}", kernel_shape=[3, 3],
-                         pads=[1, 1, 1, 1])  # fmt: skip
+                g = b.op(
+                    "ConvTranspose", [g, f"{name}.weight"], f"grad_in.{name}", kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+                )
             else:
                 flipped = to_numpy(module.weight).transpose(1, 0, 2, 3)[:, :, ::-1, ::-1].astype(b.np_dtype)
                 w_t = b.initializer(flipped, f"{name}.weight_flipped_t", exact=True)
@@ -286,9 +291,11 @@ def build_step_graph(
     b.output(g, "grad", TensorProto.FLOAT, ["batch", 3, "height", "width"])
     for k, t in sums.items():
         b.output(t, k, TensorProto.FLOAT, [])
-    doc = (f"nst-fast loss and gradient ({model.weights_source}, {model.pooling} pooling, {dtype}, targets as "
-           f"{targets}): content {', '.join(content_layers) or '-'}; style {', '.join(style_layers) or '-'}"
-           + ("; tv" if loss_fn.tv_weight else ""))  # fmt: skip
+    doc = (
+        f"nst-fast loss and gradient ({model.weights_source}, {model.pooling} pooling, {dtype}, targets as "
+        f"{targets}): content {', '.join(content_layers) or '-'}; style {', '.join(style_layers) or '-'}"
+        + ("; tv" if loss_fn.tv_weight else "")
+    )
     return b.model("nst_fast_step", doc)
 
 
@@ -303,8 +310,9 @@ def _pool_backward(b: GraphBuilder, name: str, x: str, y: str, g: str, is_max: b
     if is_max:
         x_even = b.op("Slice", [x, b.ints(0, 0), hw_even, b.ints(2, 3)], f"pool_x_even.{name}")
         phases = b.op("SpaceToDepth", [x_even], f"pool_phases.{name}", blocksize=2)
-        parts = b.op("Split", [phases, b.ints(channels, channels, channels, channels)], f"pool_phase.{name}",
-                     outputs=4, axis=1)  # fmt: skip
+        parts = b.op(
+            "Split", [phases, b.ints(channels, channels, channels, channels)], f"pool_phase.{name}", outputs=4, axis=1
+        )
         zero = b.const(0.0, b.np_dtype, "zero")
         grads, taken = [], None
         # Raster order in the window: (0,0), (0,1), (1,0), (1,1); the first maximum gets the gradient.
@@ -338,8 +346,11 @@ def _tv(b: GraphBuilder, image: str, w: str) -> tuple[str, str]:
         n = b.op("Max", [b.numel(d, 1, f"tv_n_{label}"), b.const(1.0)], f"tv_count_{label}")
         sq = b.op("ReduceSum", [b.op("Mul", [d, d], f"tv_sq_{label}")], f"tv_sum_{label}", keepdims=0)
         total.append(b.op("Div", [sq, n], f"tv_mean_{label}"))
-        gd = b.op("Mul", [d, b.op("Div", [b.op("Mul", [w, b.const(2.0)], f"tv_2w_{label}"), n], f"tv_coef_{label}")],
-                  f"tv_gd_{label}")  # fmt: skip
+        gd = b.op(
+            "Mul",
+            [d, b.op("Div", [b.op("Mul", [w, b.const(2.0)], f"tv_2w_{label}"), n], f"tv_coef_{label}")],
+            f"tv_gd_{label}",
+        )
         before = [0] * 8
         after = [0] * 8
         before[axis] = 1  # pad at the start: element i holds gd[i-1]
@@ -349,4 +360,3 @@ def _tv(b: GraphBuilder, image: str, w: str) -> tuple[str, str]:
         grad.append(b.op("Sub", [prev, following], f"tv_grad_{label}"))
     term = b.op("Mul", [b.op("Add", total, "tv_loss"), w], "tv_term")
     return term, b.op("Add", grad, "tv_grad")
-
