@@ -1,0 +1,105 @@
+"""The plan (nst_fast.plan): every decision about a run made once, from options, shape and device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import nst_fast
+import nst_fast.image
+import nst_fast.memory
+from nst_fast import MemoryFitError, Options, Plan, Stylizer
+from nst_fast.cli import main
+from nst_fast.errors import ImageError, OptionsError
+from nst_fast.plan import lbfgs_history, schedule
+from nst_fast.tiling import tile_grid
+
+CPU = torch.device("cpu")
+
+
+def test_a_plan_holds_the_scales_tiles_steps_and_the_loop_of_each():
+    options = Options(size=256, pyramid_start=64, steps=20, pyramid_steps=8, tile=96)
+    plan = Plan.resolve(options, (300, 400), CPU)
+    assert [(s.size, s.height, s.width) for s in plan.scales] == [(64, 48, 64), (128, 96, 128), (256, 192, 256)]
+    tiles = [len(tile_grid(s.height, s.width, 96, options.overlap)) if s.size > 96 else 1 for s in plan.scales]
+    assert [len(s.tiles) for s in plan.scales] == tiles == [1, 2, 12] and [s.steps for s in plan.scales] == [20, 8, 8]
+    assert plan.total_steps == 20 + 8 * 2 + 8 * 12
+    for scale in plan.scales:
+        piece = scale.tiles[0]
+        assert scale.loop.precision == plan.precision and scale.loop.history == lbfgs_history(3 * piece.height * piece.width)
+        assert scale.loop.optimizer == "lbfgs" and scale.loop.learning_rate == 1.0 and scale.loop.graph == "eager"
+    # The run's peak is its largest scale's, plus (on a CPU) the content as loaded.
+    largest = max(plan.scales, key=lambda s: s.estimate.total).estimate
+    assert plan.estimate.total == largest.total + 300 * 400 * 3 * 4
+    assert plan.scales[-1].estimate.canvas > 0 and plan.scales[0].estimate.canvas == 0
+    assert schedule(options) == tuple((s.size, s.steps) for s in plan.scales)
+
+
+def test_the_reference_and_onnxruntime_run_in_float32_whatever_is_asked():
+    for backend in ("reference", "onnxruntime"):
+        plan = Plan.resolve(Options(size=64, backend=backend, precision="bf16", checkpoint="on"), (64, 64), CPU)
+        assert plan.precision.name == "fp32" and not any(s.loop.checkpoint for s in plan.scales)
+    assert Plan.resolve(Options(size=64, device="cpu", backend="onnxruntime"), (64, 64), CPU).scales[0].loop.providers == "cpu"
+
+
+def test_checkpointing_auto_follows_the_free_memory(monkeypatch):
+    options = Options(size=128)
+    monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: 2**40)
+    assert not Plan.resolve(options, (96, 128), CPU).scales[0].loop.checkpoint
+    monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: 2**20)
+    tight = Plan.resolve(options, (96, 128), CPU)
+    assert tight.scales[0].loop.checkpoint and not tight.fits
+    assert not Plan.resolve(options.replace(checkpoint="off"), (96, 128), CPU).scales[0].loop.checkpoint
+
+
+def test_a_plan_that_does_not_fit_names_changes_that_do(monkeypatch):
+    options = Options(size=256, checkpoint="off")
+    whole = Plan.resolve(options, (192, 256), CPU).estimate.beyond_loaded
+    monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: whole // 2)
+    plan = Plan.resolve(options, (192, 256), CPU)
+    found = plan.suggestions()
+    assert any(s.startswith("--tile") for s in found) and any(s.startswith("--size") for s in found)
+    for suggestion in found:  # each one really fits, by the same estimate
+        flag, value = suggestion.split()
+        name = flag[2:]
+        change = {name: value if name in ("checkpoint", "precision") else int(value)}
+        assert plan.replace(**change).estimate.beyond_loaded <= whole // 2, suggestion
+    with pytest.raises(MemoryFitError, match="GiB is free on cpu; by the estimate, any of these would fit"):
+        plan.check_fits()
+
+
+def test_too_small_content_and_cuda_graphs_on_a_cpu_are_refused_when_planned():
+    with pytest.raises(ImageError, match="content image is 3×200 px at this size; layers up to relu5_1 need at least 16"):
+        Plan.resolve(Options(size=200), (400, 6), CPU)
+    with pytest.raises(OptionsError, match="needs a CUDA device"):
+        Plan.resolve(Options(size=64, graph="cuda"), (64, 64), CPU)
+
+
+def test_only_the_stylizers_own_plan_runs():
+    stylizer = Stylizer(torch.rand(3, 48, 48), size=48, steps=2)
+    content = torch.rand(1, 3, 40, 48)
+    out = stylizer.stylize_tensor(content, plan=stylizer.plan(content))
+    assert out.shape == content.shape
+    with pytest.raises(ValueError, match="other options"):
+        stylizer.stylize_tensor(content, plan=stylizer.plan(content, tile=32))
+    with pytest.raises(ValueError, match="image"):
+        stylizer.stylize_tensor(content, plan=stylizer.plan(torch.rand(1, 3, 48, 48)))
+
+
+def test_a_cli_run_decodes_each_content_image_once(images, tmp_path, monkeypatch, capsys):
+    content, style = images
+    second = tmp_path / "photos"
+    second.mkdir()
+    for name in ("a.png", "b.png"):
+        (second / name).write_bytes(content.read_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    decoded = []
+    read = nst_fast.image.read_image
+    monkeypatch.setattr(nst_fast.image, "read_image", lambda path, *a, **k: decoded.append(Path(path).name) or read(path, *a, **k))
+    # A pyramid and tiles: several scales, several estimates — and still one decode per image.
+    argv = [second, style, "-o", out, "--size", "64", "--pyramid-start", "32", "--tile", "48", "--steps", "2"]
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    assert sorted(decoded) == ["a.png", "b.png", "style.png"]
