@@ -62,6 +62,11 @@ class Stylizer:
         check_impl(opts.impl, self.device)
         weights = load_weights(opts.weights, opts.weights_preprocessing)
         self.model = VGG19(opts.layers, weights, opts.pooling).to(self.device)
+        if get_backend(opts.backend).channels_last:
+            # Once, here, before any target is computed: a layout changed by the first run would give
+            # that run's targets other rounding than every later run's (a first call in a process gave
+            # another image than the second, up to 103/255 apart).
+            self.model.to(memory_format=torch.channels_last)
         originals = [load_image(s, opts.max_pixels, copy=False) for s in styles]
         # Style targets once per scale of the schedule, for every content image this stylizer will see.
         self.style_targets_by_size = {}

@@ -178,3 +178,26 @@ def test_weights_file_with_caffe_preprocessing(tmp_path):
     for name, target in bundled.style_targets.items():
         assert torch.equal(as_caffe.style_targets[name], target)
         assert not torch.allclose(as_torchvision.style_targets[name], target)
+
+
+FIRST_AND_LATER_CALLS = """
+import sys, torch
+from nst_fast import Stylizer
+stylizer = Stylizer(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1)), size=64, steps=6,
+                    precision=sys.argv[1])
+content = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(2))
+first, second = stylizer.stylize_tensor(content), stylizer.stylize_tensor(content)
+print((first - second).abs().max().item())
+"""
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_first_call_in_a_process_gives_what_later_calls_give(precision):
+    """The engine once changed the network's layout during the first run, after that run's content
+    targets were computed: the first call in a process gave another image than every later one."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FIRST_AND_LATER_CALLS, precision], capture_output=True, text=True,
+                         check=True, timeout=300)
+    assert float(out.stdout.split()[-1]) == 0.0

@@ -56,6 +56,7 @@ class Backend:
     gpu_precisions: tuple[str, ...] = ()  # and, on a CUDA device, these too
     honours_precision: bool = False  # False: always float32, whatever Options.precision says
     requires: str | None = None  # a Python package it needs
+    channels_last: bool = False  # runs the network in channels_last layout (set once, when a Stylizer is made)
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run here, or None when it can."""
@@ -100,6 +101,7 @@ BACKENDS: dict[str, Backend] = {
             precisions=("fp32", "bf16"),
             gpu_precisions=("tf32", "fp16"),
             honours_precision=True,
+            channels_last=True,
         ),
         Backend(
             "onnxruntime",

@@ -5,7 +5,8 @@ It optimizes the same loss as the reference (the same :class:`~nst_fast.objectiv
 whose Gram and style-loss math runs in float32 through :mod:`nst_fast.ops`), with the same ``steps``
 semantics. What differs is how an iteration runs:
 
-- the convolutions run under autocast in bf16 or fp16 (or fp32 / TF32), in channels_last layout;
+- the convolutions run under autocast in bf16 or fp16 (or fp32 / TF32), in channels_last layout (the
+  image here; the network's weights once, when the Stylizer is made: a run never changes the model);
 - optionally each VGG block is recomputed in the backward pass (``spec.checkpoint``), the network is
   compiled (``graph="compile"``) or the whole iteration is captured in a CUDA graph (``graph="cuda"``);
 - the optimizer is :class:`~nst_fast.backends.lbfgs.DeviceLBFGS` (torch.optim.LBFGS's algorithm
@@ -140,7 +141,6 @@ class _Run:
         if spec.graph == "cuda" and device.type != "cuda":
             raise OptionsError(f"graph 'cuda' captures CUDA graphs and needs a CUDA device, not {device.type}")
         self.spec = spec
-        model.to(memory_format=torch.channels_last)
         x = image.detach().clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
         self.x = x
         self.evaluate = Evaluator(
