@@ -14,7 +14,16 @@ __version__ = "0.1.0"
 
 from . import _ext  # noqa: E402, F401 — loads the compiled operators, or warns once and falls back
 from .callbacks import Iterate  # noqa: E402
-from .errors import DivergedError, ImageError, MemoryFitError, NstError, OptionsError, WeightsError  # noqa: E402
+from .control import Cancel  # noqa: E402
+from .errors import (  # noqa: E402
+    Cancelled,
+    DivergedError,
+    ImageError,
+    MemoryFitError,
+    NstError,
+    OptionsError,
+    WeightsError,
+)
 from .image import load_image, save_image  # noqa: E402
 from .options import Options  # noqa: E402
 from .plan import Plan  # noqa: E402
@@ -25,6 +34,8 @@ from .weights import load_weights  # noqa: E402
 __all__ = [
     "LAYER_NAMES",
     "VGG19",
+    "Cancel",
+    "Cancelled",
     "DivergedError",
     "ImageError",
     "Iterate",

@@ -27,3 +27,7 @@ class MemoryFitError(NstError):
 
 class DivergedError(NstError):
     """The loss became NaN or infinite during an optimization."""
+
+
+class Cancelled(NstError):
+    """A run was cancelled through its :class:`~nst_fast.control.Cancel` token; it left no output."""

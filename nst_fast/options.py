@@ -57,6 +57,11 @@ class Options:
         minimum=0,
     )
     pyramid_steps: int | None = _opt(None, "iterations at each finer pyramid scale (default: steps / 2)", minimum=0)
+    max_time: float | None = _opt(
+        None,
+        "stop after this many seconds and return the best image so far, at full size (default: no limit)",
+        positive=True,
+    )
     tile: int = _opt(
         0,
         "scales whose longest side exceeds this are optimized in overlapping tiles of at most this many px, "

@@ -21,7 +21,8 @@ from .backends import get as get_backend
 from .backends.precision import Precision
 from .callbacks import Callback, Iterate
 from .color import preserve_colors
-from .errors import OptionsError
+from .control import Cancel, Stop
+from .errors import Cancelled, OptionsError
 from .image import load_image, resize_longest, tensor_to_pil
 from .objective import StyleTransferLoss, build_loss, content_energies, initial_image, style_targets
 from .ops import check_impl
@@ -101,35 +102,44 @@ class Stylizer:
         check_image_size(self.options, *image.shape[-2:])
         return image, build_loss(self.model, image, self.style_targets_by_size[size], self.options)
 
-    def stylize_tensor(self, content, callback: Callback | None = None, *, plan: Plan | None = None) -> torch.Tensor:
+    def stylize_tensor(
+        self, content, callback: Callback | None = None, *, plan: Plan | None = None, cancel: Cancel | None = None
+    ) -> torch.Tensor:
         """Like :meth:`stylize`, returning a 1×3×H×W float tensor in [0, 1] on the CPU.
 
         The run follows ``plan`` (default: :meth:`plan` of ``content``): at each of its scales, starting
         from the previous scale's result upscaled, the image is optimized whole or tile by tile
-        (:mod:`nst_fast.tiling`).
+        (:mod:`nst_fast.tiling`). Past ``max_time`` seconds it stops, between two iterations, and returns
+        the best image it has, upscaled to full size; ``cancel`` (a :class:`~nst_fast.control.Cancel`)
+        ends it, between two iterations, with :class:`~nst_fast.errors.Cancelled`.
         """
         original = load_image(content, self.options.max_pixels, copy=False)  # only read
         plan = plan or Plan.resolve(self.options, tuple(original.shape[-2:]), self.device)
         self._check_executable(plan, original)
         opts = self.options
+        stop = Stop(opts.max_time, cancel)
         image = None
         done, start = 0, time.perf_counter()
         with _deterministic(opts.deterministic):
             for scale in plan.scales:
+                _raise_if_cancelled(stop)
                 content_i = resize_longest(original, scale.size).to(self.device)
                 if image is None:
                     image = initial_image(content_i, opts)
                 else:
                     image = F.interpolate(image, size=content_i.shape[-2:], mode="bicubic", align_corners=False)
                     image = image.clamp_(0, 1)
+                if stop.expired:  # past the deadline: only carried up to full size
+                    continue
                 targets = self.style_targets_by_size[scale.size]
                 elapsed = time.perf_counter() - start
                 if not scale.tiled:
                     loss_fn = build_loss(self.model, content_i, targets, opts)
                     report = _shifted(callback, done, plan.total_steps, elapsed)
-                    image = plan.backend.optimize(self.model, loss_fn, image, scale.loop, report)
+                    image = plan.backend.optimize(self.model, loss_fn, image, scale.loop, report, stop)
                 else:
-                    self._optimize_tiles(plan, scale, image, content_i, targets, callback, done, start)
+                    self._optimize_tiles(plan, scale, image, content_i, targets, callback, done, start, stop)
+                _raise_if_cancelled(stop)
                 done += scale.iterations
         if opts.preserve_colors:
             image = preserve_colors(image, content_i)
@@ -151,6 +161,7 @@ class Stylizer:
         callback: Callback | None,
         done: int,
         start: float,
+        stop: Stop,
     ) -> None:
         """Optimize ``image`` (in place) tile by tile, each tile's iterations reported as a part of the run."""
         opts = self.options
@@ -160,16 +171,18 @@ class Stylizer:
         count = itertools.count()
 
         def work(tile: Tile, pixels: torch.Tensor, preview) -> torch.Tensor:
+            if stop():  # the remaining tiles keep the pixels they start from
+                return pixels
             loss_fn = build_loss(self.model, content[(..., *tile.box)], targets, opts, energies)
             before = done + next(count) * scale.steps
             report = _shifted(callback, before, plan.total_steps, time.perf_counter() - start, preview)
-            return plan.backend.optimize(self.model, loss_fn, pixels, scale.loop, report)
+            return plan.backend.optimize(self.model, loss_fn, pixels, scale.loop, report, stop)
 
         optimize_tiles(image, list(scale.tiles), work)
 
-    def stylize(self, content, callback: Callback | None = None) -> Image.Image:
+    def stylize(self, content, callback: Callback | None = None, *, cancel: Cancel | None = None) -> Image.Image:
         """Stylize ``content`` (path, PIL image or tensor) and return the result as a PIL image."""
-        return tensor_to_pil(self.stylize_tensor(content, callback))
+        return tensor_to_pil(self.stylize_tensor(content, callback, cancel=cancel))
 
 
 def _shifted(callback: Callback | None, done: int, total: int, elapsed: float, preview=None) -> Callback | None:
@@ -183,6 +196,11 @@ def _shifted(callback: Callback | None, done: int, total: int, elapsed: float, p
         callback(it.shifted(done, total, elapsed, image))
 
     return report
+
+
+def _raise_if_cancelled(stop: Stop) -> None:
+    if stop.cancelled:
+        raise Cancelled("the run was cancelled")
 
 
 @contextlib.contextmanager
@@ -201,5 +219,5 @@ def _deterministic(enabled: bool):
 def stylize(content, style, callback: Callback | None = None, **options) -> Image.Image:
     """Stylize one content image with ``style`` (one image or a list to blend); keyword arguments are
     :class:`Options` fields. Returns a PIL image."""
-    style_blend = options.pop("style_blend", None)
-    return Stylizer(style, style_blend=style_blend, **options).stylize(content, callback)
+    style_blend, cancel = options.pop("style_blend", None), options.pop("cancel", None)
+    return Stylizer(style, style_blend=style_blend, **options).stylize(content, callback, cancel=cancel)

@@ -3,8 +3,10 @@
 A backend is a module with two functions over the same problem (a VGG-19, a
 :class:`~nst_fast.objective.StyleTransferLoss`, an initial image) and a :class:`LoopSpec` from the plan:
 
-- ``optimize(model, loss_fn, image, spec, callback=None) -> image``: the whole loop, ``spec.steps``
-  evaluations of the loss, each reported to the callback as an :class:`~nst_fast.callbacks.Iterate`;
+- ``optimize(model, loss_fn, image, spec, callback=None, stop=None) -> image``: the whole loop,
+  ``spec.steps`` evaluations of the loss, each reported to the callback as an
+  :class:`~nst_fast.callbacks.Iterate`; ended early, between two iterations, when ``stop()`` is true
+  (a :class:`~nst_fast.control.Stop`);
 - ``make_step(model, loss_fn, image, spec) -> step``: one iteration of that loop as a function
   returning the loss, which the benchmarks time.
 

@@ -190,14 +190,22 @@ class _Run:
 
 
 def optimize(
-    model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, spec: LoopSpec, callback: Callback | None = None
+    model: VGG19,
+    loss_fn: StyleTransferLoss,
+    image: torch.Tensor,
+    spec: LoopSpec,
+    callback: Callback | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
-    """Optimize ``image`` for ``spec.steps`` loss evaluations; return the best iterate, clamped to [0, 1]."""
+    """Optimize ``image`` for ``spec.steps`` loss evaluations, or until ``stop()``; return the best
+    iterate, clamped to [0, 1]."""
     run = _Run(model, loss_fn, image, spec, show=callback is not None)
     check_every = 1 if image.device.type == "cpu" else 50
     start = time.perf_counter()
     with tf32(run.tf32):
         for n in range(1, spec.steps + 1):
+            if stop is not None and stop():
+                break
             last = n == spec.steps
             loss, terms = run.iterate(n, last)
             if n % check_every == 0 or last:

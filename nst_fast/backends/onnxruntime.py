@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -236,7 +236,12 @@ class OrtStep:
 
 
 def optimize(
-    model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, spec: LoopSpec, callback: Callback | None = None
+    model: VGG19,
+    loss_fn: StyleTransferLoss,
+    image: torch.Tensor,
+    spec: LoopSpec,
+    callback: Callback | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """The reference's loop with ONNX Runtime computing the loss and gradient: optimize ``image`` for
     ``spec.steps`` evaluations of the loss and return it clamped to [0, 1]."""
@@ -246,7 +251,7 @@ def optimize(
     else:
         x = image.detach().to(step_fn.device, torch.float32).contiguous()
     x.requires_grad_(True)
-    return optimizer_loop(x, spec, lambda x: step_fn(x.detach()), callback).to(image.device)
+    return optimizer_loop(x, spec, lambda x: step_fn(x.detach()), callback, stop).to(image.device)
 
 
 def make_step(model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, spec: LoopSpec):

@@ -8,6 +8,7 @@ itself — targets, loss, initial image — is built by :mod:`nst_fast.objective
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +26,12 @@ Evaluate = Callable[[torch.Tensor], tuple[torch.Tensor | float, Mapping[str, tor
 
 
 def optimize(
-    model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, spec: LoopSpec, callback: Callback | None = None
+    model: VGG19,
+    loss_fn: StyleTransferLoss,
+    image: torch.Tensor,
+    spec: LoopSpec,
+    callback: Callback | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Optimize ``image`` (the initial image, modified in place) for ``spec.steps`` evaluations of the
     loss; return it clamped to [0, 1]. ``callback`` receives an :class:`Iterate` after each one."""
@@ -35,7 +41,7 @@ def optimize(
         loss.backward()
         return loss, terms, x.grad
 
-    return optimizer_loop(image.detach().requires_grad_(True), spec, evaluate, callback)
+    return optimizer_loop(image.detach().requires_grad_(True), spec, evaluate, callback, stop)
 
 
 def make_step(
@@ -54,11 +60,16 @@ def make_step(
 
 
 def optimizer_loop(
-    x: torch.Tensor, spec: LoopSpec, evaluate: Evaluate, callback: Callback | None = None
+    x: torch.Tensor,
+    spec: LoopSpec,
+    evaluate: Evaluate,
+    callback: Callback | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """The reference's optimization around ``evaluate(x) → (loss, terms, ∂loss/∂x)``: torch.optim.LBFGS
     (no line search) or Adam updates ``x`` (a leaf tensor, in place), kept in [0, 1]; ``spec.steps``
-    evaluations; a non-finite loss stops the run. Other loops (ONNX Runtime) reuse it with their own
+    evaluations, fewer when ``stop()`` turns true (then it returns the iterate it had reached); a
+    non-finite loss stops the run. Other loops (ONNX Runtime) reuse it with their own
     ``evaluate``."""
     import_off_the_stack("torch._dynamo")  # torch.optim imports it on first use
     if spec.optimizer == "lbfgs":
@@ -80,6 +91,8 @@ def optimizer_loop(
 
     def closure() -> torch.Tensor:
         nonlocal step
+        if step and stop is not None and stop():
+            raise _Stopped
         with torch.no_grad():
             x.clamp_(0, 1)
         optimizer.zero_grad(set_to_none=True)
@@ -96,14 +109,19 @@ def optimizer_loop(
             callback(Iterate(step, spec.steps, value, losses, time.perf_counter() - start, x.detach()))
         return loss if isinstance(loss, torch.Tensor) else torch.tensor(loss)
 
-    if spec.steps > 0:
-        if spec.optimizer == "lbfgs":
-            optimizer.step(closure)
-        else:
-            for _ in range(spec.steps):
+    if spec.steps > 0 and not (stop is not None and stop()):
+        with contextlib.suppress(_Stopped):  # torch.optim runs its iterations inside one step() call
+            if spec.optimizer == "lbfgs":
                 optimizer.step(closure)
+            else:
+                for _ in range(spec.steps):
+                    optimizer.step(closure)
     with torch.no_grad():
         return x.detach().clamp_(0, 1)
+
+
+class _Stopped(Exception):
+    """Raised inside the closure to end torch.optim's loop when the run must stop."""
 
 
 def _number(value: torch.Tensor | float) -> float:
