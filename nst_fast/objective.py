@@ -153,12 +153,14 @@ def build_loss(
     targets: Mapping[str, torch.Tensor],
     options: Options,
     whole_content_energy: Mapping[str, float] | None = None,
+    impl: str | None = None,
 ) -> StyleTransferLoss:
     """The loss against ``content``'s activations and the style ``targets``.
 
     With ``normalize_losses``, each term's weight is divided by the term's value at an all-zero
     activation (its target's scale), which makes α, β and λ independent of the weights' scale.
     ``whole_content_energy`` gives the content terms' scales instead (a tile uses its whole image's).
+    ``impl`` chooses the operators (default: ``options.impl``; a plan may decide otherwise).
     """
     c_targets = content_targets(model, content, options.content_layers)
     layer_weights = options.layer_weights
@@ -182,7 +184,7 @@ def build_loss(
         options.style_weight,
         options.tv_weight,
         content_layer_weights=scales,
-        impl=options.impl,
+        impl=options.impl if impl is None else impl,
     )
 
 

@@ -72,6 +72,15 @@ def check_image_size(options: Options, height: int, width: int, what: str = "con
         )
 
 
+def resolve_impl(options: Options, device: torch.device) -> str:
+    """The operators a run computes with: as asked, except that a deterministic run on CUDA uses the
+    reference operators (the CUDA kernels add split-K partial sums with atomics, in no fixed order). On
+    a CPU every operator is deterministic already."""
+    if options.deterministic and device.type == "cuda" and options.impl == "auto":
+        return "ref"
+    return options.impl
+
+
 def lbfgs_history(numel: int, budget_bytes: int = GIB) -> int:
     """Curvature pairs the engine keeps: 100 (the reference's) while they fit ``budget_bytes``, at least 5."""
     return max(5, min(100, budget_bytes // (8 * numel)))
@@ -121,6 +130,7 @@ class Plan:
     backend: Backend
     precision: Precision
     graph: str
+    impl: str  # the Gram/style-loss operators: as asked, but "ref" where deterministic needs them
     content_shape: tuple[int, int]  # (height, width) of the content image as loaded
     scales: tuple[ScalePlan, ...]
     estimate: MemoryEstimate  # the run's peak: the largest scale's, and on a CPU the loaded content
@@ -133,6 +143,7 @@ class Plan:
         engine = backend.name == "torch"
         precision = backend.resolve_precision(options.precision, device)
         graph = resolve_graph(options.graph, device) if engine else "eager"
+        impl = resolve_impl(options, device)
         free = memory.available_bytes(device)
         providers = "cpu" if options.device == "cpu" else None
         scales = []
@@ -141,12 +152,12 @@ class Plan:
             check_image_size(options, height, width)
             tiles = _tiles(options, height, width)
             piece = tiles[0]
-            whole = _estimate(options, piece.height, piece.width, precision, False, device)
+            whole = _estimate(options, piece.height, piece.width, precision, False, device, impl)
             checkpoint = engine and (
                 options.checkpoint == "on"
                 or (options.checkpoint == "auto" and free is not None and whole.beyond_loaded > free)
             )
-            estimate = _estimate(options, piece.height, piece.width, precision, checkpoint, device)
+            estimate = _estimate(options, piece.height, piece.width, precision, checkpoint, device, impl)
             if len(tiles) > 1:  # the canvas, the content, a band of tiles and its preview, at full size
                 estimate = dataclasses.replace(estimate, canvas=(2 * height + 2 * piece.height) * width * 3 * 4)
             history = lbfgs_history(3 * piece.height * piece.width)
@@ -157,7 +168,7 @@ class Plan:
         peak = max((s.estimate for s in scales), key=lambda e: e.total)
         if device.type == "cpu":  # the content as loaded, kept for every scale; on a GPU it stays on the host
             peak = dataclasses.replace(peak, source=content_shape[0] * content_shape[1] * 3 * 4)
-        return cls(options, device, backend, precision, graph, tuple(content_shape), tuple(scales), peak, free)
+        return cls(options, device, backend, precision, graph, impl, tuple(content_shape), tuple(scales), peak, free)
 
     def replace(self, **changes) -> Plan:
         """The plan of the same content on the same device with ``changes`` to the options."""
@@ -223,7 +234,13 @@ def _tiles(options: Options, height: int, width: int) -> list[Tile]:
 
 
 def _estimate(
-    options: Options, height: int, width: int, precision: Precision, checkpoint: bool, device: torch.device
+    options: Options,
+    height: int,
+    width: int,
+    precision: Precision,
+    checkpoint: bool,
+    device: torch.device,
+    impl: str,
 ) -> MemoryEstimate:
     """One piece's peak: an image of ``height``×``width`` optimized at once."""
     return memory.estimate(
@@ -234,7 +251,7 @@ def _estimate(
         checkpoint=checkpoint,
         optimizer=options.optimizer,
         history=lbfgs_history(3 * height * width),
-        float32_loss_copies=options.impl == "ref" or not ops.extension_serves(device),
+        float32_loss_copies=impl == "ref" or not ops.extension_serves(device),
         pooling=options.pooling,
         reordered_weights=device.type == "cpu",
     )

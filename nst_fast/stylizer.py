@@ -7,9 +7,9 @@ executed here: at each scale of the plan, the content's targets and the loss are
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
+import os
 import time
 from collections.abc import Sequence
 
@@ -60,6 +60,7 @@ class Stylizer:
             raise OptionsError(f"style blend weights must be finite, non-negative and not all zero, got {blend}")
         blend = [w / max(blend) for w in blend]  # no overflow in their sum
         self.device = resolve_device(opts.device)
+        _process_settings(opts, self.device)
         check_impl(opts.impl, self.device)
         weights = load_weights(opts.weights, opts.weights_preprocessing)
         self.model = VGG19(opts.layers, weights, opts.pooling).to(self.device)
@@ -100,7 +101,8 @@ class Stylizer:
         size = self.options.size if size is None else size
         image = resize_longest(load_image(content, self.options.max_pixels, copy=False), size).to(self.device)
         check_image_size(self.options, *image.shape[-2:])
-        return image, build_loss(self.model, image, self.style_targets_by_size[size], self.options)
+        plan = Plan.resolve(self.options, tuple(image.shape[-2:]), self.device)
+        return image, build_loss(self.model, image, self.style_targets_by_size[size], self.options, impl=plan.impl)
 
     def stylize_tensor(
         self, content, callback: Callback | None = None, *, plan: Plan | None = None, cancel: Cancel | None = None
@@ -120,27 +122,26 @@ class Stylizer:
         stop = Stop(opts.max_time, cancel)
         image = None
         done, start = 0, time.perf_counter()
-        with _deterministic(opts.deterministic):
-            for scale in plan.scales:
-                _raise_if_cancelled(stop)
-                content_i = resize_longest(original, scale.size).to(self.device)
-                if image is None:
-                    image = initial_image(content_i, opts)
-                else:
-                    image = F.interpolate(image, size=content_i.shape[-2:], mode="bicubic", align_corners=False)
-                    image = image.clamp_(0, 1)
-                if stop.expired:  # past the deadline: only carried up to full size
-                    continue
-                targets = self.style_targets_by_size[scale.size]
-                elapsed = time.perf_counter() - start
-                if not scale.tiled:
-                    loss_fn = build_loss(self.model, content_i, targets, opts)
-                    report = _shifted(callback, done, plan.total_steps, elapsed)
-                    image = plan.backend.optimize(self.model, loss_fn, image, scale.loop, report, stop)
-                else:
-                    self._optimize_tiles(plan, scale, image, content_i, targets, callback, done, start, stop)
-                _raise_if_cancelled(stop)
-                done += scale.iterations
+        for scale in plan.scales:
+            _raise_if_cancelled(stop)
+            content_i = resize_longest(original, scale.size).to(self.device)
+            if image is None:
+                image = initial_image(content_i, opts)
+            else:
+                image = F.interpolate(image, size=content_i.shape[-2:], mode="bicubic", align_corners=False)
+                image = image.clamp_(0, 1)
+            if stop.expired:  # past the deadline: only carried up to full size
+                continue
+            targets = self.style_targets_by_size[scale.size]
+            elapsed = time.perf_counter() - start
+            if not scale.tiled:
+                loss_fn = build_loss(self.model, content_i, targets, opts, impl=plan.impl)
+                report = _shifted(callback, done, plan.total_steps, elapsed)
+                image = plan.backend.optimize(self.model, loss_fn, image, scale.loop, report, stop)
+            else:
+                self._optimize_tiles(plan, scale, image, content_i, targets, callback, done, start, stop)
+            _raise_if_cancelled(stop)
+            done += scale.iterations
         if opts.preserve_colors:
             image = preserve_colors(image, content_i)
         return image.cpu()
@@ -173,7 +174,7 @@ class Stylizer:
         def work(tile: Tile, pixels: torch.Tensor, preview) -> torch.Tensor:
             if stop():  # the remaining tiles keep the pixels they start from
                 return pixels
-            loss_fn = build_loss(self.model, content[(..., *tile.box)], targets, opts, energies)
+            loss_fn = build_loss(self.model, content[(..., *tile.box)], targets, opts, energies, impl=plan.impl)
             before = done + next(count) * scale.steps
             report = _shifted(callback, before, plan.total_steps, time.perf_counter() - start, preview)
             return plan.backend.optimize(self.model, loss_fn, pixels, scale.loop, report, stop)
@@ -198,22 +199,23 @@ def _shifted(callback: Callback | None, done: int, total: int, elapsed: float, p
     return report
 
 
+def _process_settings(options: Options, device: torch.device) -> None:
+    """The settings PyTorch keeps for the whole process, and no thread-local equivalent: set here, once,
+    when a Stylizer is made — never switched during a run, where another thread's run would see them.
+    Only on a GPU: on a CPU every run is deterministic and TF32 does not exist."""
+    if device.type != "cuda":
+        return
+    if options.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace, read when its first handle is made.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    if get_backend(options.backend).resolve_precision(options.precision, device).name == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
 def _raise_if_cancelled(stop: Stop) -> None:
     if stop.cancelled:
         raise Cancelled("the run was cancelled")
-
-
-@contextlib.contextmanager
-def _deterministic(enabled: bool):
-    if not enabled:
-        yield
-        return
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
 
 
 def stylize(content, style, callback: Callback | None = None, **options) -> Image.Image:

@@ -19,6 +19,7 @@ semantics. What differs is how an iteration runs:
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -32,7 +33,9 @@ from ..vgg import VGG19
 from . import LoopSpec
 from .imports import import_off_the_stack
 from .lbfgs import CompactLBFGS, DeviceLBFGS
-from .precision import Precision, tf32
+from .precision import Precision
+
+_COMPILE_LOCK = threading.Lock()
 
 # Steps run eagerly before a CUDA graph is captured: the optimizer's first step differs from the rest,
 # and capture needs kernels already chosen and loaded (cuDNN autotuning, lazy module loading).
@@ -77,12 +80,13 @@ def compiled(model: VGG19):
     """``torch.compile(model)``, once per model: the network is what compiles, not the loss, whose
     targets and weights change with every image and tile and would each force a recompilation. A new
     image size recompiles, after which the changed dimension is dynamic."""
-    if "_nst_compiled" not in model.__dict__:
-        import_off_the_stack("torch._dynamo")
-        # Kept on the model (not in a registry, which would keep every model alive), and set past
-        # nn.Module.__setattr__ so that it is no submodule.
-        object.__setattr__(model, "_nst_compiled", torch.compile(model))
-    return model.__dict__["_nst_compiled"]
+    with _COMPILE_LOCK:  # runs in several threads compile a model once
+        if "_nst_compiled" not in model.__dict__:
+            import_off_the_stack("torch._dynamo")
+            # Kept on the model (not in a registry, which would keep every model alive), and set past
+            # nn.Module.__setattr__ so that it is no submodule.
+            object.__setattr__(model, "_nst_compiled", torch.compile(model))
+        return model.__dict__["_nst_compiled"]
 
 
 class Evaluator:
@@ -167,7 +171,6 @@ class _Run:
         # What a callback sees: the iterate just evaluated (the update that follows it moves x).
         self.shown = torch.empty_like(self.best) if show else None
         self.replay = _captured(self._step) if spec.graph == "cuda" else None
-        self.tf32 = spec.precision.name == "tf32" and device.type == "cuda"
 
     def _step(self, apply_update: bool):
         loss, terms, grad = self.evaluate()
@@ -202,18 +205,17 @@ def optimize(
     run = _Run(model, loss_fn, image, spec, show=callback is not None)
     check_every = 1 if image.device.type == "cpu" else 50
     start = time.perf_counter()
-    with tf32(run.tf32):
-        for n in range(1, spec.steps + 1):
-            if stop is not None and stop():
-                break
-            last = n == spec.steps
-            loss, terms = run.iterate(n, last)
-            if n % check_every == 0 or last:
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise DivergedError(f"the loss became {value} by step {n}; lower --lr, or the weights")
-            if callback is not None:
-                callback(Iterate(n, spec.steps, loss, terms, time.perf_counter() - start, run.shown))
+    for n in range(1, spec.steps + 1):
+        if stop is not None and stop():
+            break
+        last = n == spec.steps
+        loss, terms = run.iterate(n, last)
+        if n % check_every == 0 or last:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise DivergedError(f"the loss became {value} by step {n}; lower --lr, or the weights")
+        if callback is not None:
+            callback(Iterate(n, spec.steps, loss, terms, time.perf_counter() - start, run.shown))
     return run.best.clamp_(0, 1).contiguous()
 
 
@@ -229,8 +231,7 @@ def make_step(
     def step() -> torch.Tensor:
         nonlocal count
         count += 1
-        with tf32(run.tf32):
-            return run.iterate(count, last=False)[0]
+        return run.iterate(count, last=False)[0]
 
     return step
 
@@ -246,7 +247,8 @@ def _captured(step):
         nonlocal graph, outputs
         if graph is None:  # torch.cuda.graph captures on a side stream of its own
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: other threads' runs may go on (allocate, launch) while this one captures.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 outputs = step(True)
         graph.replay()
         loss, terms = outputs

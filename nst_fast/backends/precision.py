@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -65,14 +64,3 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     # Other devices: autocast where torch supports it.
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(requested)
     return Precision(requested, requested if requested != "auto" else "fp32", dtype)
-
-
-@contextlib.contextmanager
-def tf32(enabled: bool):
-    """TF32 matrix products and convolutions on CUDA while the block runs."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
