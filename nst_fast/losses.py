@@ -45,6 +45,32 @@ def content_loss(a_C: torch.Tensor, a_G: torch.Tensor) -> torch.Tensor:
         return (a_G.to(acc) - a_C.to(acc)).square().sum() / (4 * c * h * w)
 
 
+def content_losses(a_C: torch.Tensor, a_G: torch.Tensor) -> torch.Tensor:
+    """J_c of each batch element (a vector of B): for a batch of images with their own content targets."""
+    _, c, h, w = a_G.shape
+    acc = ops.accumulation_dtype(a_G.dtype)
+    with torch.autocast(a_G.device.type, enabled=False):
+        return (a_G.to(acc) - a_C.to(acc)).square().sum(dim=(1, 2, 3)) / (4 * c * h * w)
+
+
+def style_layer_losses_to_target(
+    target: torch.Tensor, a_G: torch.Tensor, impl: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """J_s^l against a :func:`style_target`: summed over the batch (differentiable), and of each batch
+    element (detached: read, not differentiated), from one Gram matrix per element."""
+    _, c, h, w = a_G.shape
+    scale = 1.0 / (h * w)
+    if ops.uses_extension(impl, a_G):
+        total, diff = torch.ops.nst_fast.style_loss(a_G, target, scale)
+        each = diff.detach().square().sum(dim=(1, 2))
+    else:
+        with torch.autocast(a_G.device.type, enabled=False):
+            diff = ops.gram_ref(a_G, scale) - target.to(ops.accumulation_dtype(a_G.dtype))
+            squares = diff.square().sum(dim=(1, 2))
+        total, each = squares.sum(), squares.detach()
+    return total / (4 * c * c), each / (4 * c * c)
+
+
 def style_layer_loss_to_target(target: torch.Tensor, a_G: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """J_s^l against a precomputed :func:`style_target` (C×C or B×C×C)."""
     _, c, h, w = a_G.shape
@@ -86,6 +112,18 @@ def style_energy(target: torch.Tensor) -> torch.Tensor:
     """J_s^l between a style target and an all-zero Gram matrix: the style target's scale."""
     c = target.shape[-1]
     return target.to(ops.accumulation_dtype(target.dtype)).square().sum() / (4 * c * c)
+
+
+def tv_losses(image: torch.Tensor) -> torch.Tensor:
+    """:func:`tv_loss` of each batch element (a vector of B)."""
+    acc = ops.accumulation_dtype(image.dtype)
+    x = image.to(acc)
+    total = x.new_zeros(x.shape[0])
+    if x.shape[-2] > 1:
+        total = total + (x[..., 1:, :] - x[..., :-1, :]).square().mean(dim=(1, 2, 3))
+    if x.shape[-1] > 1:
+        total = total + (x[..., :, 1:] - x[..., :, :-1]).square().mean(dim=(1, 2, 3))
+    return total
 
 
 def tv_loss(image: torch.Tensor) -> torch.Tensor:

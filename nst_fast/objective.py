@@ -21,7 +21,17 @@ from torch import nn
 
 from .errors import ImageError
 from .image import load_image
-from .losses import content_energy, content_loss, style_energy, style_layer_loss_to_target, style_target, tv_loss
+from .losses import (
+    content_energy,
+    content_loss,
+    content_losses,
+    style_energy,
+    style_layer_loss_to_target,
+    style_layer_losses_to_target,
+    style_target,
+    tv_loss,
+    tv_losses,
+)
 from .options import Options
 from .vgg import LAYER, VGG19
 
@@ -73,11 +83,43 @@ class StyleTransferLoss(nn.Module):
         """The weighted content and style terms that layer ``name``'s activation contributes."""
         terms = {}
         if name in self.content_targets:
-            terms["content"] = self._weights[f"content.{name}"] * content_loss(self.content_targets[name], act)
+            weight = self._weights[f"content.{name}"]
+            if isinstance(weight, torch.Tensor):  # a batch, each image with its own content weight
+                terms["content"] = (weight * content_losses(self.content_targets[name], act)).sum()
+            else:
+                terms["content"] = weight * content_loss(self.content_targets[name], act)
         if name in self.style_targets:
             term = style_layer_loss_to_target(self.style_targets[name], act, impl=self.impl)
             terms["style"] = self._weights[f"style.{name}"] * term
         return terms
+
+    def batch(
+        self, acts: Mapping[str, torch.Tensor], image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """For a batch of images optimized together: the total (differentiable; each image's gradient is
+        its own loss's, since no term mixes images), each image's loss (a detached vector: what each
+        image's best iterate is judged by), and each term summed over the batch."""
+        each = image.new_zeros(image.shape[0], dtype=torch.float32)
+        terms: dict[str, torch.Tensor] = {}
+
+        def add(key: str, weighted: torch.Tensor, weighted_each: torch.Tensor) -> None:
+            nonlocal each
+            terms[key] = terms[key] + weighted if key in terms else weighted
+            each = each + weighted_each
+
+        for name in self.layers:
+            act = acts[name]
+            if name in self.content_targets:
+                values = self._weights[f"content.{name}"] * content_losses(self.content_targets[name], act)
+                add("content", values.sum(), values.detach())
+            if name in self.style_targets:
+                total, values = style_layer_losses_to_target(self.style_targets[name], act, impl=self.impl)
+                weight = self._weights[f"style.{name}"]
+                add("style", weight * total, weight * values)
+        if self.tv_weight:
+            values = self.tv_weight * tv_losses(image)
+            add("tv", values.sum(), values.detach())
+        return sum(terms.values()), each, terms
 
     def image_terms(self, image: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The terms of the image itself (total variation)."""
@@ -160,19 +202,24 @@ def build_loss(
     With ``normalize_losses``, each term's weight is divided by the term's value at an all-zero
     activation (its target's scale), which makes α, β and λ independent of the weights' scale.
     ``whole_content_energy`` gives the content terms' scales instead (a tile uses its whole image's).
-    ``impl`` chooses the operators (default: ``options.impl``; a plan may decide otherwise).
+    ``impl`` chooses the operators (default: ``options.impl``; a plan may decide otherwise). A batch of
+    content images (B×3×H×W) gets each image's own content targets and scales: one loss, whose terms
+    never mix images (:meth:`StyleTransferLoss.batch`).
     """
     c_targets = content_targets(model, content, options.content_layers)
     layer_weights = options.layer_weights
-    scales = {name: 1.0 for name in c_targets}
+    scales: dict[str, float | torch.Tensor] = {name: 1.0 for name in c_targets}
     if options.normalize_losses:
-        scales = {
-            name: 1.0
-            / _energy(
-                content_energy(a) if whole_content_energy is None else whole_content_energy[name], "content", name
-            )
-            for name, a in c_targets.items()
-        }
+        for name, a in c_targets.items():
+            if whole_content_energy is not None:
+                scales[name] = 1.0 / _energy(whole_content_energy[name], "content", name)
+            elif content.shape[0] > 1:
+                energies = content_losses(torch.zeros_like(a), a)
+                for energy in energies.tolist():
+                    _energy(energy, "content", name)
+                scales[name] = energies.reciprocal()
+            else:
+                scales[name] = 1.0 / _energy(content_energy(a), "content", name)
         layer_weights = {
             name: w / _energy(style_energy(targets[name]), "style", name) for name, w in layer_weights.items()
         }

@@ -57,6 +57,12 @@ class Options:
         minimum=0,
     )
     pyramid_steps: int | None = _opt(None, "iterations at each finer pyramid scale (default: steps / 2)", minimum=0)
+    batch_size: int = _opt(
+        1,
+        "content images optimized together, as one batch, where their runs are alike (torch backend, the "
+        "same size at every scale, untiled, no checkpointing): each with its own loss and L-BFGS",
+        minimum=1,
+    )
     max_time: float | None = _opt(
         None,
         "stop after this many seconds and return the best image so far, at full size (default: no limit)",

@@ -135,10 +135,12 @@ class Plan:
     scales: tuple[ScalePlan, ...]
     estimate: MemoryEstimate  # the run's peak: the largest scale's, and on a CPU the loaded content
     free_bytes: int | None  # free memory on the device when planned (None: unknown)
+    batch: int = 1  # content images optimized together (the estimate counts them all)
 
     @classmethod
-    def resolve(cls, options: Options, content_shape: tuple[int, int], device: torch.device) -> Plan:
-        """The plan for ``options`` on a content image of ``content_shape`` (height, width) on ``device``."""
+    def resolve(cls, options: Options, content_shape: tuple[int, int], device: torch.device, batch: int = 1) -> Plan:
+        """The plan for ``options`` on a content image of ``content_shape`` (height, width) on ``device``,
+        or on ``batch`` such images optimized together (see :attr:`batch_key`)."""
         backend = get(options.backend)
         engine = backend.name == "torch"
         precision = backend.resolve_precision(options.precision, device)
@@ -152,12 +154,12 @@ class Plan:
             check_image_size(options, height, width)
             tiles = _tiles(options, height, width)
             piece = tiles[0]
-            whole = _estimate(options, piece.height, piece.width, precision, False, device, impl)
+            whole = _estimate(options, piece.height, piece.width, precision, False, device, impl, batch)
             checkpoint = engine and (
                 options.checkpoint == "on"
                 or (options.checkpoint == "auto" and free is not None and whole.beyond_loaded > free)
             )
-            estimate = _estimate(options, piece.height, piece.width, precision, checkpoint, device, impl)
+            estimate = _estimate(options, piece.height, piece.width, precision, checkpoint, device, impl, batch)
             if len(tiles) > 1:  # the canvas, the content, a band of tiles and its preview, at full size
                 estimate = dataclasses.replace(estimate, canvas=(2 * height + 2 * piece.height) * width * 3 * 4)
             history = lbfgs_history(3 * piece.height * piece.width)
@@ -167,12 +169,23 @@ class Plan:
             scales.append(ScalePlan(size, height, width, tuple(tiles), loop, estimate))
         peak = max((s.estimate for s in scales), key=lambda e: e.total)
         if device.type == "cpu":  # the content as loaded, kept for every scale; on a GPU it stays on the host
-            peak = dataclasses.replace(peak, source=content_shape[0] * content_shape[1] * 3 * 4)
-        return cls(options, device, backend, precision, graph, impl, tuple(content_shape), tuple(scales), peak, free)
+            peak = dataclasses.replace(peak, source=batch * content_shape[0] * content_shape[1] * 3 * 4)
+        return cls(
+            options, device, backend, precision, graph, impl, tuple(content_shape), tuple(scales), peak, free, batch
+        )
 
     def replace(self, **changes) -> Plan:
         """The plan of the same content on the same device with ``changes`` to the options."""
-        return Plan.resolve(self.options.replace(**changes), self.content_shape, self.device)
+        return Plan.resolve(self.options.replace(**changes), self.content_shape, self.device, self.batch)
+
+    @property
+    def batch_key(self) -> tuple | None:
+        """Runs with equal keys can be optimized together, as one batch: the engine's, untiled, without
+        checkpointing or CUDA graphs, of the same size at every scale. None: this run goes alone."""
+        alike = self.backend.name == "torch" and self.graph != "cuda"
+        if not alike or any(s.tiled or s.loop.checkpoint for s in self.scales):
+            return None
+        return tuple((s.height, s.width) for s in self.scales)
 
     @property
     def total_steps(self) -> int:
@@ -241,6 +254,7 @@ def _estimate(
     checkpoint: bool,
     device: torch.device,
     impl: str,
+    batch: int = 1,
 ) -> MemoryEstimate:
     """One piece's peak: an image of ``height``×``width`` optimized at once."""
     return memory.estimate(
@@ -251,6 +265,7 @@ def _estimate(
         checkpoint=checkpoint,
         optimizer=options.optimizer,
         history=lbfgs_history(3 * height * width),
+        batch=batch,
         float32_loss_copies=impl == "ref" or not ops.extension_serves(device),
         pooling=options.pooling,
         reordered_weights=device.type == "cpu",

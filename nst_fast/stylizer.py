@@ -11,7 +11,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -118,15 +118,63 @@ class Stylizer:
         original = load_image(content, self.options.max_pixels, copy=False)  # only read
         plan = plan or Plan.resolve(self.options, tuple(original.shape[-2:]), self.device)
         self._check_executable(plan, original)
+        return self._run([original], plan, callback, cancel)
+
+    def stylize_many(
+        self,
+        contents,
+        callback: Callback | None = None,
+        *,
+        batch_size: int | None = None,
+        cancel: Cancel | None = None,
+        on_result: Callable[[int, torch.Tensor], object] | None = None,
+    ) -> list[torch.Tensor]:
+        """Stylize several content images; returns their 1×3×H×W tensors in the order given.
+
+        Images whose runs are alike (:attr:`Plan.batch_key`: the same size at every scale, untiled, the
+        torch backend) are optimized together, ``batch_size`` (default: the option's) at a time, as one
+        B×3×H×W batch: one network pass for all, each image with its own content targets, loss, L-BFGS
+        and best iterate, so that each gets what it would alone (to rounding: a batch's convolutions
+        may round differently). The others run one by one. ``callback`` sees each run's iterates (a batch's
+        image is the whole batch, its loss their sum); ``cancel`` ends the current run and the rest;
+        ``on_result(index, image)`` receives each image as soon as its run ends (to save it before the
+        others are done).
+        """
+        size = self.options.batch_size if batch_size is None else batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise OptionsError(f"batch_size must be a positive integer, got {size!r}")
+        originals = [load_image(c, self.options.max_pixels, copy=False) for c in contents]
+        plans = [Plan.resolve(self.options, tuple(o.shape[-2:]), self.device) for o in originals]
+        groups: dict[object, list[int]] = {}
+        for i, plan in enumerate(plans):
+            key = plan.batch_key
+            groups.setdefault(("alone", i) if key is None else key, []).append(i)
+        results: list[torch.Tensor | None] = [None] * len(originals)
+        for members in groups.values():
+            for first in range(0, len(members), size):
+                chunk = members[first : first + size]
+                shape = tuple(originals[chunk[0]].shape[-2:])
+                plan = (
+                    plans[chunk[0]] if len(chunk) == 1 else Plan.resolve(self.options, shape, self.device, len(chunk))
+                )
+                out = self._run([originals[i] for i in chunk], plan, callback, cancel)
+                for i, image in zip(chunk, out.split(1)):
+                    results[i] = image
+                    if on_result is not None:
+                        on_result(i, image)
+        return results
+
+    def _run(self, originals: list[torch.Tensor], plan: Plan, callback: Callback | None, cancel: Cancel | None):
+        """Optimize ``originals`` (one image, or a batch whose plan makes them alike) as ``plan`` says."""
         opts = self.options
         stop = Stop(opts.max_time, cancel)
         image = None
         done, start = 0, time.perf_counter()
         for scale in plan.scales:
             _raise_if_cancelled(stop)
-            content_i = resize_longest(original, scale.size).to(self.device)
-            if image is None:
-                image = initial_image(content_i, opts)
+            content_i = torch.cat([resize_longest(o, scale.size) for o in originals]).to(self.device)
+            if image is None:  # each image's own start: noise as it would have alone
+                image = torch.cat([initial_image(c[None], opts) for c in content_i])
             else:
                 image = F.interpolate(image, size=content_i.shape[-2:], mode="bicubic", align_corners=False)
                 image = image.clamp_(0, 1)

@@ -32,7 +32,7 @@ from ..objective import StyleTransferLoss
 from ..vgg import VGG19
 from . import LoopSpec
 from .imports import import_off_the_stack
-from .lbfgs import CompactLBFGS, DeviceLBFGS
+from .lbfgs import BatchedLBFGS, CompactLBFGS, DeviceLBFGS
 from .precision import Precision
 
 _COMPILE_LOCK = threading.Lock()
@@ -109,6 +109,11 @@ class Evaluator:
         self.model, self.loss_fn, self.image, self.precision = model, loss_fn, image, precision
         self.scale = self.FP16_LOSS_SCALE if precision.autocast_dtype == torch.float16 else None
         self.checkpoint = checkpoint
+        # A batch of images, each with its own loss (StyleTransferLoss.batch): each one's value is what
+        # its best iterate is judged by. (The plan batches only runs without checkpointing.)
+        self.batched = image.shape[0] > 1
+        if self.batched and checkpoint:
+            raise ValueError("a batch of images is optimized without checkpointing")
         if checkpoint:  # torch.utils.checkpoint imports torch._dynamo on its first call
             import_off_the_stack("torch._dynamo")
         # A CUDA graph must not capture autocast's weight cache (it is freed when autocast exits).
@@ -121,19 +126,23 @@ class Evaluator:
             x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=self.autocast_cache
         ):
             if self.checkpoint:
-                return checkpointed_loss(self.model, self.loss_fn, x)
+                return (*checkpointed_loss(self.model, self.loss_fn, x), None)
             acts = self.network(x)
-        return self.loss_fn(acts, x)
+        if self.batched:
+            total, each, terms = self.loss_fn.batch(acts, x)
+            return total, terms, each
+        return (*self.loss_fn(acts, x), None)
 
-    def __call__(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def __call__(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """The loss (summed over a batch), its terms, the image gradient, and for a batch each image's loss."""
         x = self.image
         with torch.no_grad():
             x.clamp_(0, 1)
-        loss, terms = self.loss_and_terms(x)
+        loss, terms, each = self.loss_and_terms(x)
         (grad,) = torch.autograd.grad(loss * self.scale if self.scale else loss, x)
         if self.scale:
             grad = torch.nan_to_num(grad.float().div_(self.scale), nan=0.0, posinf=0.0, neginf=0.0)
-        return loss.detach(), {k: v.detach() for k, v in terms.items()}, grad
+        return loss.detach(), {k: v.detach() for k, v in terms.items()}, grad, each
 
 
 class _Run:
@@ -150,9 +159,12 @@ class _Run:
         self.evaluate = Evaluator(
             model, loss_fn, x, spec.precision, spec.checkpoint, spec.graph == "compile", spec.graph != "cuda"
         )
+        batch = x.shape[0]
+        if batch > 1 and spec.graph == "cuda":
+            raise ValueError("a batch of images runs eagerly or compiled, not in a CUDA graph")
         if spec.optimizer == "lbfgs":
-            lbfgs = (CompactLBFGS if spec.graph == "cuda" else DeviceLBFGS)(x, spec.learning_rate, spec.history)
-            self.update = lbfgs.step
+            kind = BatchedLBFGS if batch > 1 else CompactLBFGS if spec.graph == "cuda" else DeviceLBFGS
+            self.update = kind(x, spec.learning_rate, spec.history).step
         else:
             import_off_the_stack("torch._dynamo")  # torch.optim imports it on first use
             kind = {"fused": True, "capturable": spec.graph == "cuda"} if device.type == "cuda" else {"foreach": True}
@@ -166,18 +178,20 @@ class _Run:
         # L-BFGS without a line search does not descend monotonically: a step can overshoot and the loss
         # rise for a few iterations. The run returns the best iterate it evaluated, tracked on the device
         # (torch.where, no host read), so that a late rise does not become the output.
+        # (Adam's update is elementwise: a batch's images are independent under it as they are.)
         self.best = x.detach().clone()
-        self.best_loss = torch.full((), math.inf, device=device)
+        self.best_loss = torch.full((batch,) if batch > 1 else (), math.inf, device=device)
         # What a callback sees: the iterate just evaluated (the update that follows it moves x).
         self.shown = torch.empty_like(self.best) if show else None
         self.replay = _captured(self._step) if spec.graph == "cuda" else None
 
     def _step(self, apply_update: bool):
-        loss, terms, grad = self.evaluate()
+        loss, terms, grad, each = self.evaluate()
         with torch.no_grad():
-            better = loss < self.best_loss
-            torch.where(better, self.x, self.best, out=self.best)
-            torch.where(better, loss, self.best_loss, out=self.best_loss)
+            value = loss if each is None else each  # a batch: each image's best iterate is its own
+            better = value < self.best_loss
+            torch.where(better.view(-1, *[1] * (self.x.dim() - 1)), self.x, self.best, out=self.best)
+            torch.where(better, value, self.best_loss, out=self.best_loss)
             if self.shown is not None:
                 self.shown.copy_(self.x)
         if apply_update:

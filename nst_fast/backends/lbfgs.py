@@ -162,3 +162,66 @@ class CompactLBFGS(DeviceLBFGS):
         self.param.add_((hg * -self.lr).view_as(self.param))
         self.k += 1
         self.k_device.add_(1)
+
+
+class BatchedLBFGS:
+    """:class:`DeviceLBFGS` for a batch of B images optimized together, each with its own L-BFGS: every
+    dot product, step length, curvature-pair acceptance and H₀ scale is per image, so that no image's
+    trajectory depends on another's (the batch shares only the slots' order, which is the step count).
+
+    Args:
+        param: the B×… tensor being optimized (updated in place); image b is ``param[b]``.
+        lr: step length after the first step.
+        history: number of curvature pairs kept per image.
+    """
+
+    def __init__(self, param: torch.Tensor, lr: float = 1.0, history: int = 100):
+        self.param = param
+        self.lr = lr
+        self.m = history
+        b, n = param.shape[0], param[0].numel()
+        opts = dict(device=param.device, dtype=torch.float32)
+        self.s = torch.zeros(history, b, n, **opts)
+        self.y = torch.zeros(history, b, n, **opts)
+        self.rho = torch.zeros(history, b, **opts)
+        self.alpha = torch.zeros(history, b, **opts)
+        self.h_diag = torch.ones(b, **opts)
+        self.prev_grad = torch.zeros(b, n, **opts)
+        self.prev_param = torch.zeros(b, n, **opts)
+        self.cos_min = max(1e-2, 3.0 / n**0.5)  # as DeviceLBFGS._curvature_is_real, per image
+        self.k = 0
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor) -> None:
+        """One L-BFGS update of every image from its gradient (``grad``, shaped like ``param``)."""
+        b = self.param.shape[0]
+        g = grad.reshape(b, -1).float()
+        x = self.param.detach().reshape(b, -1).float()
+        if self.k == 0:
+            d = g.neg()
+            t = torch.clamp(g.abs().sum(dim=1).reciprocal(), max=1.0)[:, None] * self.lr
+        else:
+            slot = (self.k - 1) % self.m
+            y = g - self.prev_grad
+            s = x - self.prev_param  # the step each image actually took
+            ys = (y * s).sum(dim=1)
+            norms = torch.linalg.vector_norm(s, dim=1) * torch.linalg.vector_norm(y, dim=1)
+            accept = (ys > 1e-10) & (ys > self.cos_min * norms)
+            self.s[slot] = s
+            self.y[slot] = y
+            self.rho[slot] = torch.where(accept, ys.reciprocal(), torch.zeros_like(ys))
+            self.h_diag = torch.where(accept, ys / (y * y).sum(dim=1), self.h_diag)
+            q = g.neg()
+            order = [(self.k - 1 - i) % self.m for i in range(min(self.k, self.m))]
+            for i in order:
+                self.alpha[i] = (self.s[i] * q).sum(dim=1) * self.rho[i]
+                q.sub_(self.y[i] * self.alpha[i][:, None])
+            d = q.mul_(self.h_diag[:, None])
+            for i in reversed(order):
+                beta = (self.y[i] * d).sum(dim=1) * self.rho[i]
+                d.add_(self.s[i] * (self.alpha[i] - beta)[:, None])
+            t = self.lr
+        self.prev_grad.copy_(g)
+        self.prev_param.copy_(x)
+        self.param.add_((d * t).view_as(self.param))
+        self.k += 1
