@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -59,13 +60,14 @@ def test_a_run_switches_no_process_setting(monkeypatch):
     assert set(seen) == {before} and settings() == before
 
 
-def test_many_calls_hold_memory_and_threads_flat():
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc (Linux)")
+def test_many_calls_hold_memory_threads_and_files_flat():
     stylizer = Stylizer(STYLE, size=64, steps=2)
     for _ in range(3):  # allocator pools, oneDNN caches, lazy imports: what the first calls set up
         stylizer.stylize_tensor(CONTENTS[0])
-    rss, threads = process_status_kb("VmRSS"), threading.active_count()
+    rss, threads, files = process_status_kb("VmRSS"), threading.active_count(), len(os.listdir("/proc/self/fd"))
     for i in range(20):
         stylizer.stylize_tensor(CONTENTS[i % 2])
     grown = process_status_kb("VmRSS") - rss
-    assert threading.active_count() == threads
+    assert threading.active_count() == threads and len(os.listdir("/proc/self/fd")) == files
     assert grown < 40 * 1024, f"resident set grew by {grown / 1024:.0f} MiB over 20 calls"

@@ -18,7 +18,15 @@ from .machine import IMAGES_ENV, default_images, machine_info, synchronize
 from .memory import PeakMemory, allocator_peak, measure_memory
 from .quality import Quality, time_to_quality
 from .report import format_table, plot, save_json
-from .steps import Measurement, configurations, measure_loop, measure_step, measure_step_isolated, run
+from .steps import (
+    Measurement,
+    configurations,
+    measure_batch,
+    measure_loop,
+    measure_step,
+    measure_step_isolated,
+    run,
+)
 
 __all__ = [
     "IMAGES_ENV",
@@ -30,6 +38,7 @@ __all__ = [
     "default_images",
     "format_table",
     "machine_info",
+    "measure_batch",
     "measure_loop",
     "measure_memory",
     "measure_step",

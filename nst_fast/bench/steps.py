@@ -184,3 +184,44 @@ def measure_loop(
         "ms_all": times,
         "first_run_s": first,
     }
+
+
+def measure_batch(
+    batch: int,
+    size: int = 256,
+    precision: str = "bf16",
+    device: str = "auto",
+    steps: int = 20,
+    rounds: int = 1,
+    images: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict:
+    """Images per second of the torch backend optimizing ``batch`` content images of one size together
+    (Stylizer.stylize_many), ``steps`` iterations at one scale, after a first untimed run; each image is
+    the content flipped or shifted a little, so that the batch's images differ."""
+    content, style = images or default_images()
+    options = Options(
+        size=size, steps=steps, device=device, backend="torch", precision=precision, pyramid_start=0, batch_size=batch
+    )
+    stylizer = Stylizer(style, options)
+    base = resize_longest(content, size)
+    contents = [base.roll(shifts=3 * i, dims=-1) for i in range(batch)]
+    stylizer.stylize_many(contents)
+    times = []
+    for _ in range(rounds):
+        synchronize(stylizer.device)
+        start = time.perf_counter()
+        stylizer.stylize_many(contents)
+        synchronize(stylizer.device)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return {
+        "batch": batch,
+        "size": size,
+        "image": list(base.shape),
+        "precision": stylizer.precision.name,
+        "steps": steps,
+        "device": str(stylizer.device),
+        "seconds": seconds,
+        "images_per_second": batch / seconds,
+        "seconds_all": times,
+    }
