@@ -83,3 +83,29 @@ def test_info(capsys):
     out = capsys.readouterr().out
     for key in ("torch:", "device:", "extension:", "backends:", "weights:"):
         assert key in out
+
+
+def test_bench_batch_sizes(tmp_path, capsys):
+    code = main(
+        [
+            "bench",
+            "--sizes",
+            "32",
+            "--batch-sizes",
+            "1,2",
+            "--rounds",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+            str(tmp_path / "batch.json"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "images/s" in out
+    rows = json.loads((tmp_path / "batch.json").read_text())["batch"]
+    assert [(r["size"], r["batch"]) for r in rows] == [(32, 1), (32, 2)]
+    assert all(
+        r["images_per_second"] > 0 and r["images_per_second"] == pytest.approx(r["batch"] / r["seconds"]) for r in rows
+    )
+    assert main(["bench", "--batch-sizes", "0"]) == 2 and "positive integers" in capsys.readouterr().err

@@ -17,7 +17,7 @@ GPU, the process's peak resident set on a CPU — where each configuration runs 
 from .machine import IMAGES_ENV, default_images, machine_info, synchronize
 from .memory import PeakMemory, allocator_peak, measure_memory
 from .quality import Quality, time_to_quality
-from .report import format_table, plot, save_json
+from .report import format_table, plot, save_json, save_rows_json
 from .steps import (
     Measurement,
     configurations,
@@ -46,6 +46,7 @@ __all__ = [
     "plot",
     "run",
     "save_json",
+    "save_rows_json",
     "synchronize",
     "time_to_quality",
 ]

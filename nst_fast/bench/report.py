@@ -38,6 +38,12 @@ def save_json(path: str | os.PathLike, results: list[Measurement]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def save_rows_json(path: str | os.PathLike, kind: str, rows: list[dict]) -> None:
+    """Rows of one kind of measurement (``"batch"``, ...) with the machine, as JSON."""
+    data = {"machine": machine_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), kind: rows}
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
 def plot(path: str | os.PathLike, results: list[Measurement], title: str | None = None) -> None:
     """Iterations per second against resolution (log–log), and peak memory against resolution."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")

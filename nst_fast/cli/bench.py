@@ -37,6 +37,13 @@ def build_bench_parser() -> argparse.ArgumentParser:
         "--rounds", type=int, default=5, help="timed iterations per configuration (default: %(default)s)"
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default: %(default)s)")
+    parser.add_argument(
+        "--batch-sizes",
+        default=None,
+        metavar="B1,B2,...",
+        help="instead: images per second of the torch backend optimizing B images of each size together "
+        "(20 iterations, after a first untimed run), for each B",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the results and the machine's description as JSON")
     parser.add_argument("--plot", metavar="FILE", help="plot it/s and memory against size (PNG, SVG or PDF)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print no table")
@@ -61,6 +68,8 @@ def run_bench(args: argparse.Namespace) -> int:
         if path is not None:
             check_writable(path, kinds)
     device = resolve_device(args.device)
+    if args.batch_sizes is not None:
+        return _run_batches(args, sizes, _positive_integers("--batch-sizes", args.batch_sizes))
     configurations = bench.configurations(device, backends)
     if not args.quiet:
         names = ", ".join(dict.fromkeys(b for b, _ in configurations))
@@ -77,6 +86,34 @@ def run_bench(args: argparse.Namespace) -> int:
         bench.save_json(args.json, results)
     if args.plot:
         bench.plot(args.plot, results)
+    return EXIT_OK
+
+
+def _positive_integers(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(s) for s in split_list(text)]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise OptionsError(f"{flag} must be comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _run_batches(args: argparse.Namespace, sizes: list[int], batches: list[int]) -> int:
+    if args.plot:
+        raise OptionsError("--plot draws the iteration benchmark: use it without --batch-sizes")
+    rows = []
+    for size in sorted(sizes):
+        for batch in batches:
+            row = bench.measure_batch(batch, size, device=args.device, steps=20, rounds=args.rounds)
+            rows.append(row)
+            if not args.quiet:
+                print(
+                    f"{size:5d} px  batch {batch:3d}  {row['precision']:5s}  {row['images_per_second']:8.3f} images/s",
+                    flush=True,
+                )
+    if args.json:
+        bench.save_rows_json(args.json, "batch", rows)
     return EXIT_OK
 
 
