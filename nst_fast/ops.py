@@ -3,7 +3,8 @@
 - ``impl="ref"``: plain PyTorch (bmm, subtract, square, sum) with autograd; always available.
 - ``impl="ext"``: the ``nst_fast::`` operators of the compiled extension (csrc/), with autograd and
   fake (meta) kernels registered here, so they work under autograd and ``torch.compile``.
-- ``impl="auto"``: the extension where it is loaded and supports the device, else the reference.
+- ``impl="auto"``: the extension where it is loaded and supports the device, and, on a GPU, has passed
+  its self-check there (:mod:`nst_fast.selfcheck`, at the first use); else the reference.
 
 Both compute in float32 whatever the features' dtype (float64 stays float64, for gradcheck), and
 autocast does not lower their precision.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _ext
+from . import _ext, selfcheck
 from .errors import OptionsError
 
 IMPLS = ("auto", "ext", "ref")
@@ -43,15 +44,20 @@ def style_loss_ref(feats: torch.Tensor, target: torch.Tensor, scale: float) -> t
         return diff.square().sum()
 
 
-def extension_serves(device: torch.device) -> bool:
-    """Whether ``impl="auto"`` computes with the extension on ``device``: it is loaded and has kernels
-    there (the CUDA kernels reduce split-K partial sums with atomics, which are not bit-reproducible:
-    not while deterministic algorithms are on)."""
+def _has_kernels(device: torch.device) -> bool:
+    """The extension is loaded and has kernels for ``device`` (the CUDA kernels reduce split-K partial
+    sums with atomics, which are not bit-reproducible: not while deterministic algorithms are on)."""
     if not _ext.AVAILABLE:
         return False
     if device.type == "cuda":
         return _ext.WITH_CUDA and not torch.are_deterministic_algorithms_enabled()
     return device.type == "cpu"
+
+
+def extension_serves(device: torch.device) -> bool:
+    """Whether ``impl="auto"`` computes with the extension on ``device``: it is loaded, has kernels there,
+    and, on a GPU, they passed their self-check (run here at the first call per process and device)."""
+    return _has_kernels(device) and (device.type not in selfcheck.DEVICE_TYPES or selfcheck.passed(device))
 
 
 def check_impl(impl: str, device: torch.device) -> None:
@@ -62,8 +68,10 @@ def check_impl(impl: str, device: torch.device) -> None:
         return
     if not _ext.AVAILABLE:
         raise OptionsError(f"impl 'ext' needs the compiled extension, which is not loaded ({_ext.IMPORT_ERROR})")
-    if not extension_serves(device):
+    if not _has_kernels(device):
         raise OptionsError(f"impl 'ext' has no {device.type} kernels in this build; use impl 'auto' or 'ref'")
+    if not extension_serves(device):
+        raise OptionsError(f"impl 'ext': {selfcheck.refusal(device)}; use impl 'auto' or 'ref'")
 
 
 def uses_extension(impl: str, feats: torch.Tensor) -> bool:
@@ -87,8 +95,10 @@ def style_loss(feats: torch.Tensor, target: torch.Tensor, scale: float, impl: st
     symmetric, but any A gives the right value and gradient)."""
     _check_feats(feats)
     c = feats.shape[1]
-    if target.shape[-2:] != (c, c) or target.dim() not in (2, 3) or (
-        target.dim() == 3 and target.shape[0] not in (1, feats.shape[0])
+    if (
+        target.shape[-2:] != (c, c)
+        or target.dim() not in (2, 3)
+        or (target.dim() == 3 and target.shape[0] not in (1, feats.shape[0]))
     ):
         raise ValueError(f"style target of shape {tuple(target.shape)} does not fit features {tuple(feats.shape)}")
     if uses_extension(impl, feats):

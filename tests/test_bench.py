@@ -81,7 +81,7 @@ def test_every_backend_and_precision_measures_a_finite_loss():
 def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for key in ("torch:", "device:", "extension:", "backends:", "weights:"):
+    for key in ("torch:", "device:", "extension:", "self-check:", "backends:", "weights:"):
         assert key in out
 
 

@@ -30,7 +30,15 @@
 
 #include "gram_kernels.cuh"
 
+// Tensor cores through WMMA: its bf16 fragments need sm_80, and below sm_70 nvcuda::wmma does not exist
+// at all, so the device passes for architectures before sm_80 see no WMMA code (there the launchers refuse
+// 16-bit input, and the binding upcasts it to float32). The host pass sees all of it.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define NST_WMMA 1
 #include <mma.h>
+#else
+#define NST_WMMA 0
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -61,13 +69,7 @@ NST_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 NST_HD int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }  // (std::min is not __device__
 NST_HD int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }  //  without --expt-relaxed-constexpr)
 
-// WMMA on bf16 needs sm_80; the device passes for older architectures compile the 16-bit forward path
-// out (the launchers refuse 16-bit input there).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-constexpr bool kArchHasMma = false;
-#else
-constexpr bool kArchHasMma = true;
-#endif
+constexpr bool kArchHasMma = NST_WMMA;  // this pass compiles the 16-bit forward path (see the includes)
 
 // ---------------------------------------------------------------------------------------------------
 // Element access. A "chunk" is up to 16 bytes of consecutive elements held as raw 32-bit words (two
@@ -333,22 +335,24 @@ __global__ void __launch_bounds__(FwdCfg<T, L>::kThreads)
 
   const T* Bop = diag ? As : Bs;  // a diagonal tile multiplies its one operand tile by itself
   if constexpr (kIs16Bit<T> && !kArchHasMma) __trap();  // unreachable: the launcher refuses it
-  using namespace nvcuda;
-  // 16-bit: warp w owns rows 32 (w / 2) .. +32 and columns 32 (w % 2) .. +32 of the tile.
   // fp32: thread (tx, ty) owns a 4 x 4 micro-tile (see fma_step).
-  const int warp = tid / 32, wm = warp / 2 * 32, wn = warp % 2 * 32;
   const int tx = tid % 16, ty = tid / 16;
+  float acc[4][4] = {};
+#if NST_WMMA
+  // 16-bit: warp w owns rows 32 (w / 2) .. +32 and columns 32 (w % 2) .. +32 of the tile.
+  const int warp = tid / 32, wm = warp / 2 * 32, wn = warp % 2 * 32;
+  using namespace nvcuda;
   using FragT = std::conditional_t<kIs16Bit<T>, T, __half>;  // keeps the fp32 instantiation well-formed
   using ALayout = std::conditional_t<L == Layout::NCHW, wmma::row_major, wmma::col_major>;
   using BLayout = std::conditional_t<L == Layout::NCHW, wmma::col_major, wmma::row_major>;
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> cfrag[2][2];
-  float acc[4][4] = {};
   if constexpr (kUseMma) {
 NST_UNROLL
     for (int i = 0; i < 2; ++i)
 NST_UNROLL
       for (int j = 0; j < 2; ++j) wmma::fill_fragment(cfrag[i][j], 0.f);
   }
+#endif
 
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kBK) {
     __syncthreads();  // the previous step's math is done with the shared tiles
@@ -360,6 +364,7 @@ NST_UNROLL
       if (!diag) Cfg::load(rb, F, tid, tj * kTile, k0 + kBK);
     }
     if constexpr (kUseMma) {
+#if NST_WMMA
       // A = F_i (M x K), B = F_j^T (K x N). NCHW tiles are [m][k]: A row-major, B col-major;
       // NHWC tiles are [k][m]: A col-major, B row-major. Leading dimension: the tile's row stride.
       const FragT* a_src = reinterpret_cast<const FragT*>(As);
@@ -377,6 +382,7 @@ NST_UNROLL
 NST_UNROLL
           for (int j = 0; j < 2; ++j) wmma::mma_sync(cfrag[i][j], a[i], bf[j], cfrag[i][j]);
       }
+#endif
     } else if constexpr (!kIs16Bit<T>) {
       fma_step<L>(reinterpret_cast<const float*>(As), reinterpret_cast<const float*>(Bop), tx, ty, acc);
     }
@@ -385,12 +391,14 @@ NST_UNROLL
   // ---- accumulators -> staging tile stage[i][j] = sum_k F[ti*64 + i, k] F[tj*64 + j, k] (this split).
   __syncthreads();  // the operand tiles are dead; stage overlays them
   if constexpr (kUseMma) {
+#if NST_WMMA
 NST_UNROLL
     for (int i = 0; i < 2; ++i)
 NST_UNROLL
       for (int j = 0; j < 2; ++j)
         wmma::store_matrix_sync(stage + (wm + 16 * i) * kStageLd + wn + 16 * j, cfrag[i][j], kStageLd,
                                 wmma::mem_row_major);
+#endif
   } else {
 NST_UNROLL
     for (int r = 0; r < 4; ++r)

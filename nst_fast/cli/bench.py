@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from .. import __version__, _ext, bench
+from .. import __version__, _ext, bench, selfcheck
 from ..backends import BACKENDS, get
 from ..errors import OptionsError
 from ..options import GRAPHS, split_list
@@ -142,9 +142,10 @@ def run_info(args: argparse.Namespace) -> int:
         ("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"),
         ("device", info["gpu"] or f"cpu: {info['host_cpu']}, {info['torch_threads']} threads"),
         ("extension", extension if _ext.AVAILABLE else f"not loaded ({_ext.IMPORT_ERROR})"),
+        ("self-check", selfcheck.status()),
         ("backends", ", ".join(backends)),
         ("weights", f"caffe: {weights}"),
     ]
     for key, value in rows:
-        print(f"{key + ':':<11}{value}")
+        print(f"{key + ':':<12}{value}")
     return EXIT_OK
