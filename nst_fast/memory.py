@@ -1,7 +1,7 @@
 """How much memory an optimization needs, estimated from the network's layer shapes before running.
 
 The estimate adds what one iteration holds at its peak: the network's weights (under autocast, with
-their low-precision copies; on a CPU, with oneDNN's reordered copies); the activations autograd keeps
+their low-precision copies); the activations autograd keeps
 for the backward pass (with block checkpointing: each block's input, the requested activations, and
 one block recomputed at a time); the gradients of the requested activations, which the backward pass
 holds at once, and the chain's own; the image, its gradient, the best iterate and the optimizer's
@@ -25,7 +25,7 @@ from .vgg import LAYER, LAYER_NAMES, blocks, conv_shape, deepest, network
 class MemoryEstimate:
     """Bytes at the peak of one iteration, by what holds them."""
 
-    weights: int  # the network's float32 weights, their low-precision copies, oneDNN's reordered copies
+    weights: int  # the network's float32 weights and their low-precision copies
     kept: int  # tensors autograd keeps from the forward pass for the backward pass
     recomputed: int  # with checkpointing: one block's activations, recomputed during the backward pass
     backward: int  # gradient buffers alive at once during the backward pass
@@ -65,21 +65,17 @@ def estimate(
     batch: int = 1,
     float32_loss_copies: bool = True,
     pooling: str = "avg",
-    reordered_weights: bool = False,
 ) -> MemoryEstimate:
     """Peak memory of one iteration at ``height``×``width`` with activations of ``activation_bytes``.
 
     ``float32_loss_copies``: the loss keeps float32 copies of low-precision activations (the reference
-    operators do; the extension's read them as they are). ``reordered_weights``: the convolutions keep
-    a second copy of the weights (oneDNN, on a CPU, in its blocked layout: measured as one float32 copy
-    of the deep layers' weights alive through the backward pass).
+    operators do; the extension's read them as they are).
     """
     last = deepest(layers)
     names = [layer.name for layer in network(last)]
     numel = {name: batch * LAYER[name].channels * math.prod(LAYER[name].output_size(height, width)) for name in names}
     params = sum(o * i * 9 + o for o, i, _, _ in (conv_shape(n) for n in names if LAYER[n].kind == "conv"))
     weights = params * 4 + (params * activation_bytes if activation_bytes < 4 else 0)
-    weights += params * 4 if reordered_weights else 0
 
     # Distinct tensors autograd keeps: the network's input, each convolution's output (its ReLU runs in
     # place, unless the convolution's own output is requested), each pooling's output; and, for

@@ -268,5 +268,4 @@ def _estimate(
         batch=batch,
         float32_loss_copies=impl == "ref" or not ops.extension_serves(device),
         pooling=options.pooling,
-        reordered_weights=device.type == "cpu",
     )
