@@ -4,8 +4,9 @@
 
 Three kinds of JSON live in results/: `nst-fast bench --json` files (per-iteration time and memory per
 backend, precision and size), pytest-benchmark files (`make bench`: also the operator and the
-time-to-quality suites), `benchmarks/loops.py` files (the whole loop per --graph mode) and
-`benchmarks/memory.py` files (the memory estimate against the allocator's peak).
+time-to-quality suites), `benchmarks/loops.py` files (the whole loop per --graph mode),
+`benchmarks/memory.py` files (the memory estimate against the allocator's peak) and `benchmarks/batch.py`
+or `nst-fast bench --batch-sizes` files (images per second against batch size).
 """
 
 from __future__ import annotations
@@ -90,6 +91,29 @@ def memory_tables(path: Path, data: dict) -> list[str]:
     return lines + [""]
 
 
+def batch_tables(path: Path, data: dict) -> list[str]:
+    lines = [
+        f"### `{path.name}` — images per second against batch size",
+        "",
+        f"Machine: {machine_line(data['machine'])}.",
+        "",
+        "The torch backend optimizing B content images of one size together (`Stylizer.stylize_many`), "
+        "iterations at one scale, after a first untimed run:",
+        "",
+        "| size | image | precision | device | iterations | batch | seconds | images / s | against batch 1 |",
+        "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    single = {r["size"]: r["images_per_second"] for r in data["batch"] if r["batch"] == 1}
+    for r in data["batch"]:
+        base = single.get(r["size"])
+        ratio = f"{r['images_per_second'] / base:.2f}×" if base else "–"
+        lines.append(
+            f"| {r['size']} | {r['image'][3]}×{r['image'][2]} | {r['precision']} | {r['device']} | {r['steps']} | "
+            f"{r['batch']} | {r['seconds']:.1f} | {r['images_per_second']:.3f} | {ratio} |"
+        )
+    return lines + [""]
+
+
 def pytest_benchmark_tables(path: Path, data: dict) -> list[str]:
     benches = data["benchmarks"]
     first = benches[0]["extra_info"] if benches else {}
@@ -167,6 +191,8 @@ def main() -> None:
             lines += loop_tables(path, data)
         elif "memory" in data:
             lines += memory_tables(path, data)
+        elif "batch" in data:
+            lines += batch_tables(path, data)
         else:
             lines += bench_tables(path, data) if "results" in data else pytest_benchmark_tables(path, data)
     text = README.read_text()
