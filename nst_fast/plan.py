@@ -142,7 +142,7 @@ class Plan:
         """The plan for ``options`` on a content image of ``content_shape`` (height, width) on ``device``,
         or on ``batch`` such images optimized together (see :attr:`batch_key`)."""
         backend = get(options.backend)
-        engine = backend.name == "torch"
+        engine = backend.engine
         precision = backend.resolve_precision(options.precision, device)
         graph = resolve_graph(options.graph, device) if engine else "eager"
         impl = resolve_impl(options, device)
@@ -154,15 +154,22 @@ class Plan:
             check_image_size(options, height, width)
             tiles = _tiles(options, height, width)
             piece = tiles[0]
-            whole = _estimate(options, piece.height, piece.width, precision, False, device, impl, batch)
+            history = lbfgs_history(3 * piece.height * piece.width)
+
+            def estimate_with(checkpoint: bool, piece=piece, history=history) -> MemoryEstimate:
+                return _estimate(
+                    options, piece.height, piece.width, precision, checkpoint, device, impl, batch, history
+                )
+
+            estimate = estimate_with(checkpoint=False)
             checkpoint = engine and (
                 options.checkpoint == "on"
-                or (options.checkpoint == "auto" and free is not None and whole.beyond_loaded > free)
+                or (options.checkpoint == "auto" and free is not None and estimate.beyond_loaded > free)
             )
-            estimate = _estimate(options, piece.height, piece.width, precision, checkpoint, device, impl, batch)
+            if checkpoint:
+                estimate = estimate_with(checkpoint=True)
             if len(tiles) > 1:  # the canvas, the content, a band of tiles and its preview, at full size
                 estimate = dataclasses.replace(estimate, canvas=(2 * height + 2 * piece.height) * width * 3 * 4)
-            history = lbfgs_history(3 * piece.height * piece.width)
             loop = LoopSpec(
                 steps, options.optimizer, options.learning_rate, precision, checkpoint, graph, history, providers
             )
@@ -182,7 +189,7 @@ class Plan:
     def batch_key(self) -> tuple | None:
         """Runs with equal keys can be optimized together, as one batch: the engine's, untiled, without
         checkpointing or CUDA graphs, of the same size at every scale. None: this run goes alone."""
-        alike = self.backend.name == "torch" and self.graph != "cuda"
+        alike = self.backend.engine and self.graph != "cuda"
         if not alike or any(s.tiled or s.loop.checkpoint for s in self.scales):
             return None
         return tuple((s.height, s.width) for s in self.scales)
@@ -217,9 +224,9 @@ class Plan:
                 return False
 
         found = []
-        if self.backend.name == "torch" and opts.checkpoint != "on" and fits(checkpoint="on"):
+        if self.backend.engine and opts.checkpoint != "on" and fits(checkpoint="on"):
             found.append("--checkpoint on")
-        if self.backend.name == "torch" and self.precision.autocast_dtype is None and fits(precision="bf16"):
+        if self.backend.honours_precision and self.precision.autocast_dtype is None and fits(precision="bf16"):
             found.append("--precision bf16")
         largest = opts.tile or opts.size
         smallest = max(64, 2 * opts.min_size, 2 * opts.tile_overlap + 1 if opts.tile_overlap is not None else 0)
@@ -254,7 +261,8 @@ def _estimate(
     checkpoint: bool,
     device: torch.device,
     impl: str,
-    batch: int = 1,
+    batch: int,
+    history: int,
 ) -> MemoryEstimate:
     """One piece's peak: an image of ``height``×``width`` optimized at once."""
     return memory.estimate(
@@ -264,7 +272,7 @@ def _estimate(
         activation_bytes=2 if precision.autocast_dtype is not None else 4,
         checkpoint=checkpoint,
         optimizer=options.optimizer,
-        history=lbfgs_history(3 * height * width),
+        history=history,
         batch=batch,
         float32_loss_copies=impl == "ref" or not ops.extension_serves(device),
         pooling=options.pooling,

@@ -27,7 +27,7 @@ from .image import load_image, resize_longest, tensor_to_pil
 from .objective import StyleTransferLoss, build_loss, content_energies, initial_image, style_targets
 from .ops import check_impl
 from .options import Options
-from .plan import Plan, ScalePlan, check_image_size, resolve_device, schedule
+from .plan import Plan, ScalePlan, check_image_size, resolve_device, resolve_impl, schedule
 from .tiling import Tile, optimize_tiles
 from .vgg import VGG19
 from .weights import load_weights
@@ -101,8 +101,8 @@ class Stylizer:
         size = self.options.size if size is None else size
         image = resize_longest(load_image(content, self.options.max_pixels, copy=False), size).to(self.device)
         check_image_size(self.options, *image.shape[-2:])
-        plan = Plan.resolve(self.options, tuple(image.shape[-2:]), self.device)
-        return image, build_loss(self.model, image, self.style_targets_by_size[size], self.options, impl=plan.impl)
+        impl = resolve_impl(self.options, self.device)
+        return image, build_loss(self.model, image, self.style_targets_by_size[size], self.options, impl=impl)
 
     def stylize_tensor(
         self, content, callback: Callback | None = None, *, plan: Plan | None = None, cancel: Cancel | None = None
@@ -172,9 +172,9 @@ class Stylizer:
         done, start = 0, time.perf_counter()
         for scale in plan.scales:
             _raise_if_cancelled(stop)
-            content_i = torch.cat([resize_longest(o, scale.size) for o in originals]).to(self.device)
+            content_i = _batch([resize_longest(o, scale.size) for o in originals]).to(self.device)
             if image is None:  # each image's own start: noise as it would have alone
-                image = torch.cat([initial_image(c[None], opts) for c in content_i])
+                image = _batch([initial_image(c[None], opts) for c in content_i])
             else:
                 image = F.interpolate(image, size=content_i.shape[-2:], mode="bicubic", align_corners=False)
                 image = image.clamp_(0, 1)
@@ -232,6 +232,11 @@ class Stylizer:
     def stylize(self, content, callback: Callback | None = None, *, cancel: Cancel | None = None) -> Image.Image:
         """Stylize ``content`` (path, PIL image or tensor) and return the result as a PIL image."""
         return tensor_to_pil(self.stylize_tensor(content, callback, cancel=cancel))
+
+
+def _batch(images: list[torch.Tensor]) -> torch.Tensor:
+    """Images as one batch; one image as it is (at print resolution a copy is hundreds of MB)."""
+    return images[0] if len(images) == 1 else torch.cat(images)
 
 
 def _shifted(callback: Callback | None, done: int, total: int, elapsed: float, preview=None) -> Callback | None:

@@ -80,8 +80,8 @@ def test_a_batch_computes_each_images_own_loss_and_gradient():
     assert total.item() == pytest.approx(each.sum().item(), rel=1e-6)
 
 
-# L-BFGS amplifies rounding: here, moving the content image by 1e-7 moves the fp32 loss after 15 steps by
-# 0.3-2.9% (Adam: 0.01-0.13%; bf16 after 5 steps: up to 10%), and a batch's convolutions round
+# L-BFGS amplifies rounding: moving the content image by 1e-7 moves the fp32 loss after 15 steps by up to
+# 1.5% (bf16 after 5 steps: up to 7%; benchmarks/sensitivity.py), and a batch's convolutions round
 # differently from one image's (gradients ~7e-7 apart). So a batch is held to the images alone over a
 # few fp32 steps, and to exact independence from its batch-mates at any length and precision (below).
 @pytest.mark.parametrize(("optimizer", "steps"), [("lbfgs", 5), ("adam", 5)])

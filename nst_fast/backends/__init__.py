@@ -59,6 +59,7 @@ class Backend:
     honours_precision: bool = False  # False: always float32, whatever Options.precision says
     requires: str | None = None  # a Python package it needs
     channels_last: bool = False  # runs the network in channels_last layout (set once, when a Stylizer is made)
+    engine: bool = False  # honours --checkpoint and --graph, and optimizes batches (each image its own L-BFGS)
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run here, or None when it can."""
@@ -104,6 +105,7 @@ BACKENDS: dict[str, Backend] = {
             gpu_precisions=("tf32", "fp16"),
             honours_precision=True,
             channels_last=True,
+            engine=True,
         ),
         Backend(
             "onnxruntime",
