@@ -5,8 +5,9 @@
 Three kinds of JSON live in results/: `nst-fast bench --json` files (per-iteration time and memory per
 backend, precision and size), pytest-benchmark files (`make bench`: also the operator and the
 time-to-quality suites), `benchmarks/loops.py` files (the whole loop per --graph mode),
-`benchmarks/memory.py` files (the memory estimate against the allocator's peak) and `benchmarks/batch.py`
-or `nst-fast bench --batch-sizes` files (images per second against batch size).
+`benchmarks/memory.py` files (the memory estimate against the allocator's peak), `benchmarks/batch.py`
+or `nst-fast bench --batch-sizes` files (images per second against batch size) and
+`benchmarks/sensitivity.py` files (how far rounding carries an optimization).
 """
 
 from __future__ import annotations
@@ -114,6 +115,26 @@ def batch_tables(path: Path, data: dict) -> list[str]:
     return lines + [""]
 
 
+def sensitivity_tables(path: Path, data: dict) -> list[str]:
+    lines = [
+        f"### `{path.name}` — `benchmarks/sensitivity.py`",
+        "",
+        f"Machine: {machine_line(data['machine'])}.",
+        "",
+        "The fp32 reference loss after the run, for an image (64 px, random) alone, moved by 1e-7, and in a "
+        "batch of three: how far rounding carries an optimization.",
+        "",
+        "| precision | optimizer | steps | image | alone | moved by 1e-7 | in a batch of 3 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in data["sensitivity"]:
+        moved, batched = (f"{r[k]:.4f} ({r[k] / r['alone'] - 1:+.1e})" for k in ("moved_1e-7", "in_batch_of_3"))
+        lines.append(
+            f"| {r['precision']} | {r['optimizer']} | {r['steps']} | {r['image']} | {r['alone']:.4f} | {moved} | {batched} |"
+        )
+    return lines + [""]
+
+
 def pytest_benchmark_tables(path: Path, data: dict) -> list[str]:
     benches = data["benchmarks"]
     first = benches[0]["extra_info"] if benches else {}
@@ -193,6 +214,8 @@ def main() -> None:
             lines += memory_tables(path, data)
         elif "batch" in data:
             lines += batch_tables(path, data)
+        elif "sensitivity" in data:
+            lines += sensitivity_tables(path, data)
         else:
             lines += bench_tables(path, data) if "results" in data else pytest_benchmark_tables(path, data)
     text = README.read_text()
