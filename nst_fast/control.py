@@ -1,7 +1,9 @@
 """Stopping a run from outside: a cancellation token, and the deadline of ``Options.max_time``.
 
 A run checks its :class:`Stop` between iterations (never inside one), so a stop takes effect within one
-iteration's time. A cancelled run raises :class:`~nst_fast.errors.Cancelled` and returns nothing; a run
+iteration's time. A deadline is spent over the run's parts (scales, tiles) in proportion to their
+planned work (:meth:`Stop.share`), so that a run short of time still does every part, each shorter,
+and ends inside its budget. A cancelled run raises :class:`~nst_fast.errors.Cancelled` and returns nothing; a run
 past its deadline ends early and returns the best image it has, at full size.
 """
 
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
+
+import torch
 
 
 class Cancel:
@@ -47,3 +51,39 @@ class Stop:
 
     def __call__(self) -> bool:
         return self.cancelled or self.expired
+
+    def share(self, fraction: float) -> Stop:
+        """The stop of a part of the run that may spend ``fraction`` of the time left to its deadline
+        (the whole run's deadline when it has none), cancelled with it."""
+        if self.deadline is None or fraction >= 1:
+            return self
+        part = Stop(cancel=self.cancel)
+        now = time.perf_counter()
+        part.deadline = now + fraction * max(0.0, self.deadline - now)
+        return part
+
+
+class Plateau:
+    """Whether an optimization has stopped improving: its best loss fell by less than ``tol`` (a fraction
+    of it) over the last ``window`` iterations — for a batch, every image's.
+
+    The best loss may live on the device: it is read only once every ``window`` iterations, so that a GPU
+    loop is not synchronised every step.
+    """
+
+    WINDOW = 10
+
+    def __init__(self, tol: float | None, window: int = WINDOW):
+        self.tol, self.window = tol, window
+        self._previous = None
+
+    def reached(self, step: int, best_loss: torch.Tensor | float) -> bool:
+        """After iteration ``step`` (from 1), given the best loss so far (per image, for a batch)."""
+        if self.tol is None or step % self.window:
+            return False
+        now = torch.as_tensor(best_loss).detach().to("cpu", torch.float64)
+        previous, self._previous = self._previous, now
+        if previous is None:
+            return False
+        gained = (previous - now) / previous.abs()
+        return bool((gained < self.tol).all())

@@ -57,6 +57,11 @@ class Options:
         minimum=0,
     )
     pyramid_steps: int | None = _opt(None, "iterations at each finer pyramid scale (default: steps / 2)", minimum=0)
+    tol: float | None = _opt(
+        None,
+        "end a scale early once its best loss improves by less than this fraction over 10 iterations (default: never)",
+        minimum=0,
+    )
     batch_size: int = _opt(
         1,
         "content images optimized together, as one batch, where their runs are alike (torch backend, the "

@@ -88,7 +88,11 @@ def lbfgs_history(numel: int, budget_bytes: int = GIB) -> int:
 
 def schedule(options: Options) -> tuple[tuple[int, int], ...]:
     """(size, steps) of each scale, coarsest first, ending at ``size``: above ``pyramid_start`` the image is
-    optimized at size/2^k ≤ pyramid_start first, then upscaled and re-optimized at each doubling."""
+    optimized at size/2^k ≤ pyramid_start first, then upscaled and re-optimized at each doubling.
+
+    Below 512 px one scale is the default by measurement: a pass at half size first reached the loss of
+    120 full-size iterations 21% sooner on one image pair and 18% later on another (benchmarks/NOTES.md §13).
+    """
     sizes = [options.size]
     while options.pyramid_start and sizes[0] > options.pyramid_start and sizes[0] // 2 >= options.min_size:
         sizes.insert(0, sizes[0] // 2)
@@ -119,6 +123,11 @@ class ScalePlan:
     @property
     def iterations(self) -> int:
         return self.loop.steps * len(self.tiles)
+
+    @property
+    def work(self) -> int:
+        """Pixel-iterations: what an iteration costs grows with the pixels it covers."""
+        return self.loop.steps * sum(t.height * t.width for t in self.tiles)
 
 
 @dataclass(frozen=True)
@@ -171,7 +180,15 @@ class Plan:
             if len(tiles) > 1:  # the canvas, the content, a band of tiles and its preview, at full size
                 estimate = dataclasses.replace(estimate, canvas=(2 * height + 2 * piece.height) * width * 3 * 4)
             loop = LoopSpec(
-                steps, options.optimizer, options.learning_rate, precision, checkpoint, graph, history, providers
+                steps,
+                options.optimizer,
+                options.learning_rate,
+                precision,
+                checkpoint,
+                graph,
+                history,
+                providers,
+                options.tol,
             )
             scales.append(ScalePlan(size, height, width, tuple(tiles), loop, estimate))
         peak = max((s.estimate for s in scales), key=lambda e: e.total)
@@ -193,6 +210,12 @@ class Plan:
         if not alike or any(s.tiled or s.loop.checkpoint for s in self.scales):
             return None
         return tuple((s.height, s.width) for s in self.scales)
+
+    def work_share(self, index: int) -> float:
+        """The share of the time left at the start of scale ``index`` that it may spend under a deadline:
+        its planned work over that of itself and the scales after it."""
+        left = sum(s.work for s in self.scales[index:])
+        return 1.0 if left == 0 else self.scales[index].work / left
 
     @property
     def total_steps(self) -> int:

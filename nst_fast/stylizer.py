@@ -170,7 +170,7 @@ class Stylizer:
         stop = Stop(opts.max_time, cancel)
         image = None
         done, start = 0, time.perf_counter()
-        for scale in plan.scales:
+        for index, scale in enumerate(plan.scales):
             _raise_if_cancelled(stop)
             content_i = _batch([resize_longest(o, scale.size) for o in originals]).to(self.device)
             if image is None:  # each image's own start: noise as it would have alone
@@ -182,12 +182,13 @@ class Stylizer:
                 continue
             targets = self.style_targets_by_size[scale.size]
             elapsed = time.perf_counter() - start
+            scale_stop = stop.share(plan.work_share(index))  # under a deadline, every scale gets its share
             if not scale.tiled:
                 loss_fn = build_loss(self.model, content_i, targets, opts, impl=plan.impl)
                 report = _shifted(callback, done, plan.total_steps, elapsed)
-                image = plan.backend.optimize(self.model, loss_fn, image, scale.loop, report, stop)
+                image = plan.backend.optimize(self.model, loss_fn, image, scale.loop, report, scale_stop)
             else:
-                self._optimize_tiles(plan, scale, image, content_i, targets, callback, done, start, stop)
+                self._optimize_tiles(plan, scale, image, content_i, targets, callback, done, start, scale_stop)
             _raise_if_cancelled(stop)
             done += scale.iterations
         if opts.preserve_colors:
@@ -223,9 +224,11 @@ class Stylizer:
             if stop():  # the remaining tiles keep the pixels they start from
                 return pixels
             loss_fn = build_loss(self.model, content[(..., *tile.box)], targets, opts, energies, impl=plan.impl)
-            before = done + next(count) * scale.steps
+            index = next(count)
+            before = done + index * scale.steps
             report = _shifted(callback, before, plan.total_steps, time.perf_counter() - start, preview)
-            return plan.backend.optimize(self.model, loss_fn, pixels, scale.loop, report, stop)
+            tile_stop = stop.share(1 / (len(scale.tiles) - index))  # the time left, shared by the tiles left
+            return plan.backend.optimize(self.model, loss_fn, pixels, scale.loop, report, tile_stop)
 
         optimize_tiles(image, list(scale.tiles), work)
 

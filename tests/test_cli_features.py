@@ -28,10 +28,11 @@ def run(argv, capsys):
 def test_pyramid_scales_and_steps():
     assert schedule(Options(size=2048, steps=100)) == ((512, 100), (1024, 50), (2048, 50))
     assert [size for size, _ in schedule(Options(size=1500, pyramid_start=512))] == [375, 750, 1500]
-    assert schedule(Options(size=512)) == ((512, 120),) and schedule(Options(size=4096, pyramid_start=0)) == (
-        (4096, 120),
-    )
+    assert schedule(Options(size=512, steps=120)) == ((512, 120),) and schedule(
+        Options(size=4096, pyramid_start=0)
+    ) == ((4096, 120),)
     assert schedule(Options(size=2048, pyramid_steps=7))[2] == (2048, 7)
+    assert schedule(Options(size=512)) == ((512, 120),) and schedule(Options(size=1024)) == ((512, 120), (1024, 60))
 
 
 def test_pyramid_run_reports_every_step_and_ends_at_full_size():

@@ -12,6 +12,7 @@ import torch
 import nst_fast
 from nst_fast import Cancel, Cancelled, Stylizer
 from nst_fast.cli import main
+from nst_fast.control import Plateau
 
 STYLE = torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(3))
 CONTENT = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(4))
@@ -60,11 +61,61 @@ def test_past_max_time_a_run_returns_the_best_image_it_has_at_full_size(backend)
     assert out.shape == CONTENT.shape and torch.isfinite(out).all() and seen[-1] < seen[0]
 
 
-def test_a_deadline_in_a_coarse_scale_still_gives_a_full_size_image():
-    seen = []
-    stylizer = Stylizer(STYLE, size=96, pyramid_start=24, steps=100_000, pyramid_steps=100_000, max_time=0.5)
-    out = stylizer.stylize_tensor(torch.rand(1, 3, 80, 96), lambda it: seen.append(it.image.shape[-1]))
-    assert out.shape == (1, 3, 80, 96) and set(seen) == {24}, "stopped in the first scale, carried up to 96 px"
+def test_a_deadline_is_spent_over_every_scale_and_tile_in_proportion_to_its_work():
+    seen: list[tuple[int, float]] = []  # (side, elapsed) of each iterate
+    stylizer = Stylizer(STYLE, size=96, pyramid_start=24, steps=100_000, pyramid_steps=100_000, max_time=3.0)
+    content = torch.rand(1, 3, 80, 96)
+    plan = stylizer.plan(content)
+    start = time.perf_counter()
+    out = stylizer.stylize_tensor(content, lambda it: seen.append((it.image.shape[-1], it.elapsed)))
+    assert out.shape == (1, 3, 80, 96) and time.perf_counter() - start < 3.0 + 2.0
+    sides = [s.width for s in plan.scales]
+    assert sorted({side for side, _ in seen}) == sides, "every scale ran"
+    ends = [max(t for side, t in seen if side == s) for s in sides]
+    spent = [b - a for a, b in zip([0.0, *ends], ends)]
+    shares = [s.work / sum(x.work for x in plan.scales) for s in plan.scales]
+    assert all(abs(t / sum(spent) - share) < 0.1 for t, share in zip(spent, shares)), (spent, shares)
+
+
+def test_under_a_deadline_every_tile_of_a_tiled_scale_gets_steps():
+    steps_by_tile: list[int] = []
+    stylizer = Stylizer(STYLE, size=96, pyramid_start=0, tile=48, steps=100_000, max_time=2.0)
+    stylizer.stylize_tensor(CONTENT, lambda it: steps_by_tile.append(it.step))
+    tiles = len(stylizer.plan(CONTENT).scales[-1].tiles)
+    per_tile = [sum(1 for s in steps_by_tile if k * 100_000 < s <= (k + 1) * 100_000) for k in range(tiles)]
+    assert tiles > 1 and all(n > 0 for n in per_tile), per_tile
+
+
+def test_work_shares_follow_the_planned_pixel_iterations():
+    plan = Stylizer(STYLE, size=96, pyramid_start=24, steps=40, pyramid_steps=10).plan(CONTENT)
+    work = [s.steps * s.height * s.width for s in plan.scales]
+    assert [s.work for s in plan.scales] == work
+    assert plan.work_share(0) == pytest.approx(work[0] / sum(work)) and plan.work_share(len(work) - 1) == 1.0
+
+
+def test_a_plateau_is_a_gain_below_tol_over_a_window_read_once_per_window():
+    plateau = Plateau(0.01, window=2)
+    losses = [10.0, 9.0, 8.0, 7.95, 7.9, 7.89]
+    hits = [plateau.reached(step, loss) for step, loss in enumerate(losses, 1)]
+    # read at steps 2, 4, 6: 9 → 7.95 gains 11.7%; 7.95 → 7.89 gains 0.75% < 1%
+    assert hits == [False, False, False, False, False, True]
+    batch = Plateau(0.01, window=1)
+    batch.reached(1, torch.tensor([10.0, 10.0]))
+    assert not batch.reached(2, torch.tensor([9.999, 9.0])), "a batch stops only when every image is flat"
+    assert batch.reached(3, torch.tensor([9.998, 8.99]))
+    assert not Plateau(None).reached(10, 1.0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_tol_ends_a_scale_once_the_loss_stops_improving(backend):
+    seen: list[float] = []
+    out = Stylizer(STYLE, size=48, steps=2000, tol=1e-3, backend=backend).stylize_tensor(
+        CONTENT, lambda it: seen.append(it.loss)
+    )
+    assert torch.isfinite(out).all() and Plateau.WINDOW * 2 <= len(seen) < 2000
+    window = Plateau.WINDOW
+    last, before = min(seen), min(seen[:-window])
+    assert (before - last) / before < 1e-3, "it stopped on a plateau"
 
 
 def test_the_command_honours_max_time(images, tmp_path, capsys):

@@ -42,6 +42,7 @@ class LoopSpec:
     graph: str = "eager"  # eager, compile or cuda (the engine)
     history: int = 100  # L-BFGS curvature pairs kept (the engine; the torch.optim loops keep 100)
     providers: str | None = None  # onnxruntime execution providers asked for (None: its preference)
+    tol: float | None = None  # end early when the best loss gains less than this over Plateau.WINDOW steps
 
     def with_steps(self, steps: int) -> LoopSpec:
         return dataclasses.replace(self, steps=steps)

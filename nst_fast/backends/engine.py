@@ -27,6 +27,7 @@ import torch
 import torch.utils.checkpoint
 
 from ..callbacks import Callback, Iterate
+from ..control import Plateau
 from ..errors import DivergedError, OptionsError
 from ..objective import StyleTransferLoss
 from ..vgg import VGG19
@@ -214,9 +215,10 @@ def optimize(
     callback: Callback | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
-    """Optimize ``image`` for ``spec.steps`` loss evaluations, or until ``stop()``; return the best
-    iterate, clamped to [0, 1]."""
+    """Optimize ``image`` for ``spec.steps`` loss evaluations, or until ``stop()`` or a plateau of the
+    loss (``spec.tol``); return the best iterate, clamped to [0, 1]."""
     run = _Run(model, loss_fn, image, spec, show=callback is not None)
+    plateau = Plateau(spec.tol)
     check_every = 1 if image.device.type == "cpu" else 50
     start = time.perf_counter()
     for n in range(1, spec.steps + 1):
@@ -230,6 +232,8 @@ def optimize(
                 raise DivergedError(f"the loss became {value} by step {n}; lower --lr, or the weights")
         if callback is not None:
             callback(Iterate(n, spec.steps, loss, terms, time.perf_counter() - start, run.shown))
+        if plateau.reached(n, run.best_loss):
+            break
     return run.best.clamp_(0, 1).contiguous()
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from ..callbacks import Callback, Iterate
+from ..control import Plateau
 from ..errors import DivergedError
 from ..objective import StyleTransferLoss
 from ..vgg import VGG19
@@ -68,7 +69,8 @@ def optimizer_loop(
 ) -> torch.Tensor:
     """The reference's optimization around ``evaluate(x) → (loss, terms, ∂loss/∂x)``: torch.optim.LBFGS
     (no line search) or Adam updates ``x`` (a leaf tensor, in place), kept in [0, 1]; ``spec.steps``
-    evaluations, fewer when ``stop()`` turns true (then it returns the iterate it had reached); a
+    evaluations, fewer when ``stop()`` turns true or the loss reaches a plateau (``spec.tol``; then it
+    returns the iterate it had reached); a
     non-finite loss stops the run. Other loops (ONNX Runtime) reuse it with their own
     ``evaluate``."""
     import_off_the_stack("torch._dynamo")  # torch.optim imports it on first use
@@ -87,11 +89,11 @@ def optimizer_loop(
     else:
         optimizer = torch.optim.Adam([x], lr=spec.learning_rate)
     start = time.perf_counter()
-    step = 0
+    step, best, plateau, flat = 0, math.inf, Plateau(spec.tol), False
 
     def closure() -> torch.Tensor:
-        nonlocal step
-        if step and stop is not None and stop():
+        nonlocal step, best, flat
+        if step and (flat or (stop is not None and stop())):
             raise _Stopped
         with torch.no_grad():
             x.clamp_(0, 1)
@@ -107,6 +109,8 @@ def optimizer_loop(
         if callback is not None:
             losses = {k: _number(v) for k, v in terms.items()}
             callback(Iterate(step, spec.steps, value, losses, time.perf_counter() - start, x.detach()))
+        best = min(best, value)
+        flat = plateau.reached(step, best)
         return loss if isinstance(loss, torch.Tensor) else torch.tensor(loss)
 
     if spec.steps > 0 and not (stop is not None and stop()):
