@@ -28,6 +28,7 @@ from .common import (
     options_from,
     say_unless,
 )
+from .distributed import add_ray_flags, run_distributed, uses_ray
 
 DESCRIPTION = """\
 Stylize CONTENT with STYLE: optimize an image whose VGG-19 features match the content image's and
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     group = parser.add_argument_group("stylization options (also nst_fast.Options fields)")
     add_option_flags(group, tuple(f.name for f in dataclasses.fields(Options)))
+    add_ray_flags(parser)
     return parser
 
 
@@ -112,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list_layers:
         print("\n".join(LAYER_NAMES))
         return EXIT_OK
+    if uses_ray(args):  # a collection on a Ray cluster: cli/distributed.py
+        return run_distributed(args)
     say = say_unless(args.quiet)
     options = options_from(args)
     if args.quality is not None and not 1 <= args.quality <= 100:
