@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -132,18 +133,31 @@ def reference_of(data: dict, workload: str, size: int, steps: int = 300) -> dict
     return found[-1] if found else None
 
 
+def reference_seconds(ref: dict) -> float:
+    """The reference's time for its iterations: their number × its median iteration, which other work
+    on the machine slowing some iterations does not move (its wall time is in ``seconds``)."""
+    times = [b[1] - a[1] for a, b in zip(ref["trace"], ref["trace"][1:])]
+    return statistics.median(times) * len(ref["trace"])
+
+
 def table(data: dict) -> str:
-    lines = ["| workload | size | schedule (size×steps) | precision | seconds | ÷ reference | output loss | ÷ bar |"]
-    lines.append("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |")
+    lines = [
+        "| workload | size | schedule (size×steps) | precision | seconds | ÷ reference | output loss | ÷ bar "
+        "| bar first reached: step, ÷ reference |"
+    ]
+    lines.append("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |")
     for r in data["records"]:
         ref = reference_of(data, r["workload"], r["size"])
-        ratio = f"{r['seconds'] / ref['seconds']:.3f}" if ref else "–"
+        ratio = f"{r['seconds'] / reference_seconds(ref):.3f}" if ref else "–"
         bar = f"{r['output_loss'] / ref['output_loss']:.4f}" if ref else "–"
         sched = " → ".join(f"{s}×{n}" for s, n in r["scales"])
-        extra = ", ".join(f"{k}={v}" for k, v in r["changes"].items() if k not in ("backend",))
+        extra = ", ".join([f"{k}={v}" for k, v in r["changes"].items() if k != "backend"] + [r.get("note", "")][:1])
+        extra = extra.strip(", ")
+        hit = r.get("reached")
+        reached = f"{hit['step']}, {hit['seconds'] / reference_seconds(ref):.3f}" if hit and ref else "–"
         lines.append(
             f"| {r['workload']} | {r['size']} | {sched}{' (' + extra + ')' if extra else ''} | {r['precision']} "
-            f"| {r['seconds']:.1f} | {ratio} | {r['output_loss']:.4f} | {bar} |"
+            f"| {r['seconds']:.1f} | {ratio} | {r['output_loss']:.4f} | {bar} | {reached} |"
         )
     return "\n".join(lines)
 
