@@ -1,19 +1,26 @@
 """Regenerate the results tables in benchmarks/README.md from benchmarks/results/*.json.
 
     python benchmarks/report.py          # rewrites the part of README.md between the markers
+    python benchmarks/report.py A.json B.json --plot cmp.png   # compares nst-fast bench files (Markdown)
 
 Three kinds of JSON live in results/: `nst-fast bench --json` files (per-iteration time and memory per
 backend, precision and size), pytest-benchmark files (`make bench`: also the operator and the
 time-to-quality suites), `benchmarks/loops.py` files (the whole loop per --graph mode),
 `benchmarks/memory.py` files (the memory estimate against the allocator's peak), `benchmarks/batch.py`
 or `nst-fast bench --batch-sizes` files (images per second against batch size) and
-`benchmarks/sensitivity.py` files (how far rounding carries an optimization).
+`benchmarks/sensitivity.py` files (how far rounding carries an optimization). The `nst-fast bench`
+files that name their schema (version 2 on: FLOP/s, fraction of peak, images per second to a fixed
+quality) are also compared across machines in one table, and plotted to results/comparison.png.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
+
+from nst_fast.bench.compare import SCHEMA, load_record, markdown_comparison, plot_comparison
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -28,21 +35,79 @@ def machine_line(m: dict) -> str:
 
 
 def bench_tables(path: Path, data: dict) -> list[str]:
-    lines = [
-        f"### `{path.name}` — `nst-fast bench`",
-        "",
-        f"Machine: {machine_line(data['machine'])}.",
-        "",
-        "| backend | precision | device | size | image | ms / iteration (median) | it/s | peak memory added (MiB) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    """An `nst-fast bench --json` file: the iteration table (with FLOPs and fraction of peak when the file
+    has them, schema 2), the peaks, and images per second to the fixed quality."""
+    efficiency = any("fraction_of_peak" in r for r in data["results"])
+    lines = [f"### `{path.name}` — `nst-fast bench`", "", f"Machine: {machine_line(data['machine'])}.", ""]
+    if data.get("peak"):
+        peaks = ", ".join(f"{p} {v['flops_per_s'] / 1e9:.0f} GFLOP/s ({v['side']}²)" for p, v in data["peak"].items())
+        bandwidth = data.get("bandwidth")
+        memory = f"; memory bandwidth (copy) {bandwidth['bytes_per_s'] / 1e9:.1f} GB/s" if bandwidth else ""
+        lines += [f"Reachable peak, a large matrix product (median): {peaks}{memory}.", ""]
+    head = "| backend | precision | device | size | image | ms / iteration (median) | it/s | peak memory added (MiB) |"
+    rule = "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    if efficiency:
+        head += " GFLOP / iteration | GFLOP/s | of peak |"
+        rule += " ---: | ---: | ---: |"
+    if data["results"]:
+        lines += [head, rule]
     for r in data["results"]:
         mem = "–" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
-        lines.append(
+        line = (
             f"| {r['backend']} | {r['precision']} | {r['device']} | {r['size']} | {r['image'][3]}×{r['image'][2]} "
             f"| {r['ms_median']:.1f} | {r['iterations_per_second']:.2f} | {mem} |"
         )
-    return lines + [""]
+        if efficiency:
+            share = "–" if r.get("fraction_of_peak") is None else f"{r['fraction_of_peak']:.2f}"
+            line += f" {r['flops_per_iteration'] / 1e9:.1f} | {r['achieved_flops_per_s'] / 1e9:.1f} | {share} |"
+        lines.append(line)
+    if data["results"]:
+        lines.append("")
+    quality = data.get("quality") or []
+    if quality:
+        steps = (data.get("workload", {}).get("quality") or {}).get("reference_steps", 300)
+        lines += [
+            (
+                "Images per second to the fixed quality: the default options, end to end, until every image's "
+                f"float32 reference loss is at most the fp32 reference loop's after {steps} iterations:"
+            ),
+            "",
+            (
+                "| size | image | batch | backend | precision | schedule | iterations | seconds | images / s | "
+                "loss ÷ target | GFLOP/s |"
+            ),
+            "| ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for q in quality:
+            schedule = "default" if q["steps_factor"] == 1 else f"steps ×{q['steps_factor']}"
+            start = (
+                f"| {q['size']} | {q['image'][1]}×{q['image'][0]} | {q['batch']} | {q['backend']} | {q['precision']} "
+            )
+            if q["reached"]:
+                lines.append(
+                    f"{start}| {schedule} | {q['iterations']} | {q['seconds']:.1f} | {q['images_per_second']:.3f} | "
+                    f"{q['loss_reached'] / q['target_loss']:.3f} | {q['achieved_flops_per_s'] / 1e9:.1f} |"
+                )
+            else:
+                lines.append(f"{start}| {schedule} | not reached ({q.get('note')}) | – | – | – | – |")
+        lines.append("")
+    return lines
+
+
+def comparison_section(paths: list[Path], records: list[dict], plot: Path | None) -> list[str]:
+    """Every machine's `nst-fast bench` figures in one table, each against the first, and the plot."""
+    lines = [
+        "### Across machines",
+        "",
+        "Every figure of the `nst-fast bench` files side by side (`nst-fast bench --compare` prints the same):",
+        "",
+        markdown_comparison(records, paths),
+        "",
+    ]
+    if plot is not None:
+        plot_comparison(plot, records, paths)
+        lines += [f"![images per second and fraction of peak, one line per machine]({plot.relative_to(HERE)})", ""]
+    return lines
 
 
 def loop_tables(path: Path, data: dict) -> list[str]:
@@ -204,8 +269,59 @@ def pytest_benchmark_tables(path: Path, data: dict) -> list[str]:
     return lines
 
 
-def main() -> None:
+def is_bench_record(data: dict) -> bool:
+    """A file `nst-fast bench --json` wrote with its schema named (schema 2 on): what compares across machines."""
+    return data.get("schema") == SCHEMA
+
+
+def serve_load_tables(path: Path, data: dict) -> list[str]:
+    """benchmarks/serve_load.py's runs: the service under concurrent clients, batching on and off."""
+    lines = [f"### `nst-fast serve` under load (`{path.name}`)", "", f"`{data['command']}`", ""]
+    lines.append("| batching | jobs done | errors | requests/s | jobs/s | p50 s | p95 s | mean batch | resident MB |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in data["runs"]:
+        lines.append(
+            f"| {r['batching']} | {r['jobs_done']} | {len(r['errors'])} | {r['requests_per_second']:.1f} "
+            f"| {r['jobs_per_second']:.2f} | {r['latency_p50']:.2f} | {r['latency_p95']:.2f} | {r['mean_batch']:.2f} "
+            f"| {r['peak_resident_mb']:.0f} |"
+        )
+    return [*lines, ""]
+
+
+def schedule_tables(path: Path, data: dict) -> list[str]:
+    """benchmarks/schedule.py's records: each schedule's time and output loss against the reference bar."""
+    from schedule import table  # benchmarks/schedule.py, beside this file
+
+    return [
+        f"### Schedules against the reference's 300 iterations (`{path.name}`, {data['machine'].get('host_cpu', '')})",
+        "",
+        "Seconds: the run's own time, judging off the clock; ÷ reference: against 300 × the reference's median "
+        "iteration (robust to other work slowing some of its iterations: benchmarks/NOTES.md §13); ÷ bar: the "
+        "output's loss over the reference's.",
+        "",
+        table(data),
+        "",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "files", nargs="*", type=Path, help="instead: print these nst-fast bench files' comparison as Markdown"
+    )
+    parser.add_argument("--plot", type=Path, help="with files: plot them, one line per machine (PNG, SVG or PDF)")
+    args = parser.parse_args(argv)
+    if args.files:
+        try:
+            records = [load_record(path) for path in args.files]
+        except ValueError as e:
+            parser.error(str(e))
+        print(markdown_comparison(records, args.files))
+        if args.plot:
+            plot_comparison(args.plot, records, args.files)
+        return 0
     lines: list[str] = []
+    compared: list[tuple[Path, dict]] = []
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
         if "loops" in data:
@@ -216,13 +332,23 @@ def main() -> None:
             lines += batch_tables(path, data)
         elif "sensitivity" in data:
             lines += sensitivity_tables(path, data)
+        elif "records" in data:
+            lines += schedule_tables(path, data)
+        elif "runs" in data:
+            lines += serve_load_tables(path, data)
         else:
             lines += bench_tables(path, data) if "results" in data else pytest_benchmark_tables(path, data)
+        if is_bench_record(data):
+            compared.append((path, data))
+    if compared:
+        paths, records = [p for p, _ in compared], [d for _, d in compared]
+        lines += comparison_section(paths, records, RESULTS / "comparison.png")
     text = README.read_text()
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     README.write_text(head + BEGIN + "\n" + "\n".join(lines) + "\n" + END + tail)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,6 +23,7 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
             "1",
             "--backends",
             "reference",
+            "--no-peak",  # measured and checked in test_bench_json.py
             "--json",
             str(tmp_path / "b.json"),
             "--plot",

@@ -1,0 +1,155 @@
+"""An independent measurement of `nst-fast bench`'s fraction of peak (the torch backend, bf16, 512 px by
+default), and its difference from the benchmark's own figure.
+
+    .venv/bin/python benchmarks/independent_peak_check.py                       # measures both, here
+    .venv/bin/python benchmarks/independent_peak_check.py --against results/NAME.json   # against a file
+
+Each of the three parts of the figure is obtained differently from `nst-fast bench`:
+
+- the work: torch's own counter (torch.utils.flop_counter.FlopCounterMode) over one forward and backward
+  of the actual loss — the convolutions by torch's formulas, the extension's style-loss operators by
+  their definition (one C×C×h·w product each, 2·C²·h·w) — not nst_fast.bench.flops' walk of the layer
+  table; the counter leaves out elementwise work (about 0.1%);
+- the time: a plain loop of autocast forward and input gradient (what an iteration is made of, without
+  the optimizer's update and the best-iterate tracking), timed by torch.utils.benchmark.Timer
+  (blocked_autorange, its median), not the backend's make_step timed round by round;
+- the peak: torch.matmul of two n×n matrices (n fixed, 4096 by default) timed by Timer, not
+  nst_fast.bench.peak's size search and rounds.
+
+It prints both fractions and their difference, and exits 1 when they differ by more than --tolerance
+(0.05). Expect the independent fraction slightly higher: the benchmark's step also updates the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
+
+from nst_fast import Options, Stylizer, bench
+from nst_fast.bench.report import measurement_efficiency
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _product_flops(feats_shape, *args, out_shape=None, **kwargs) -> int:
+    """One C×C by C×h·w product per image: 2·B·C²·h·w."""
+    b, c, h, w = feats_shape
+    return 2 * b * c * c * h * w
+
+
+def _style_loss_backward_flops(grad_shape, feats_shape, *args, out_shape=None, **kwargs) -> int:
+    return _product_flops(feats_shape)
+
+
+def counted_flops(step) -> int:
+    """FLOPs of one call of ``step`` by torch's counter (with the extension's operators' formulas)."""
+    mapping = {}
+    if hasattr(torch.ops, "nst_fast") and hasattr(torch.ops.nst_fast, "style_loss"):
+        nst = torch.ops.nst_fast
+        mapping = {nst.gram: _product_flops, nst.style_loss: _product_flops}
+        mapping[nst.style_loss_backward] = _style_loss_backward_flops
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def seconds(stmt, min_run_time: float) -> float:
+    """Median seconds of ``stmt()`` by torch.utils.benchmark (CUDA synchronised), on every thread."""
+    timer = Timer("stmt()", globals={"stmt": stmt}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def independent_fraction(size: int, precision: str, device: str, side: int, min_run_time: float) -> dict:
+    content, style = bench.default_images()
+    stylizer = Stylizer(style, Options(size=size, device=device, backend="torch", precision=precision))
+    dev = stylizer.device
+    image, loss_fn = stylizer.loss_for(content)
+    x = image.detach().clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    dtype = DTYPES[stylizer.precision.name]
+
+    def step():
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+            acts = stylizer.model(x)
+        loss, _ = loss_fn(acts, x)
+        x.grad = None
+        loss.backward()  # (not autograd.grad: the counter's module tracking needs backward())
+
+    step()  # warm-up: kernels chosen, memory touched
+    flops = counted_flops(step)
+    per_step = seconds(step, min_run_time)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(side, side, generator=gen).to(dev, dtype)
+    b = torch.rand(side, side, generator=gen).to(dev, dtype)
+    torch.matmul(a, b)
+    peak = 2 * side**3 / seconds(lambda: torch.matmul(a, b), min_run_time)
+    return {
+        "size": size,
+        "image": list(image.shape[-2:]),
+        "precision": stylizer.precision.name,
+        "device": str(dev),
+        "flops_per_iteration": flops,
+        "seconds_per_iteration": per_step,
+        "achieved_flops_per_s": flops / per_step,
+        "peak_side": side,
+        "peak_flops_per_s": peak,
+        "fraction_of_peak": flops / per_step / peak,
+    }
+
+
+def benchmark_fraction(args) -> dict:
+    """The benchmark's figure: from a `nst-fast bench --json` file, or measured here as it measures it."""
+    if args.against:
+        record = bench.load_record(args.against)
+        for r in record["results"]:
+            if (r["backend"], r["precision"], r["size"]) == ("torch", args.precision, args.size):
+                keys = ("fraction_of_peak", "flops_per_iteration", "achieved_flops_per_s", "ms_median")
+                return {"source": args.against, **{k: r.get(k) for k in keys}}
+        raise SystemExit(f"{args.against}: no torch {args.precision} row at {args.size} px")
+    peaks = {args.precision: bench.measure_peak(args.precision, args.device)}
+    m = bench.measure_step("torch", args.precision, args.size, args.device, rounds=args.rounds, warmup=2)
+    e = measurement_efficiency(m, peaks)
+    return {"source": "measured here (nst_fast.bench)", **e, "ms_median": m.ms_median,
+            "peak_flops_per_s": peaks[args.precision].flops_per_s}  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--precision", default="bf16", choices=tuple(DTYPES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--side", type=int, default=4096, help="the matrices' side for the peak (default: 4096)")
+    parser.add_argument("--min-run-time", type=float, default=3.0, help="seconds each Timer measures at least")
+    parser.add_argument("--rounds", type=int, default=5, help="the benchmark's timed iterations, measured here")
+    parser.add_argument("--against", help="a nst-fast bench --json file to compare with, instead of measuring")
+    parser.add_argument("--tolerance", type=float, default=0.05)
+    parser.add_argument("--json", help="write both figures here")
+    args = parser.parse_args()
+    mine = independent_fraction(args.size, args.precision, args.device, args.side, args.min_run_time)
+    theirs = benchmark_fraction(args)
+    difference = mine["fraction_of_peak"] - theirs["fraction_of_peak"]
+    print(
+        f"independent: {mine['flops_per_iteration'] / 1e9:.1f} GFLOP in {mine['seconds_per_iteration'] * 1e3:.1f} ms "
+        f"= {mine['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s; peak {mine['peak_flops_per_s'] / 1e9:.1f} GFLOP/s "
+        f"({args.side}²) → {mine['fraction_of_peak']:.3f} of peak"
+    )
+    print(
+        f"nst-fast bench ({theirs['source']}): {theirs['flops_per_iteration'] / 1e9:.1f} GFLOP in "
+        f"{theirs['ms_median']:.1f} ms = {theirs['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s → "
+        f"{theirs['fraction_of_peak']:.3f} of peak"
+    )
+    agree = abs(difference) <= args.tolerance
+    print(f"difference {difference:+.3f}: {'within' if agree else 'OUTSIDE'} ±{args.tolerance}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": bench.machine_info(), "independent": mine, "benchmark": theirs,
+                       "difference": difference, "tolerance": args.tolerance}, f, indent=1)  # fmt: skip
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
