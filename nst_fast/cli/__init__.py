@@ -2,11 +2,13 @@
 
 - :mod:`.stylize` (the default): stylize images;
 - :mod:`.export`: write ONNX graphs;
-- :mod:`.bench`: ``bench`` (measure) and ``info`` (what this installation has).
+- :mod:`.bench`: ``bench`` (measure) and ``info`` (what this installation has);
+- :mod:`.serve`: ``serve``, the HTTP service (extra ``serve``).
 
 The modules parse, print and map errors to exit codes; the work is the library's. Every error caused
 by input ends with one line on stderr and a non-zero exit code: 2 for bad usage or input, 1 for a
-failure while running, 130 when interrupted.
+failure while running, 130 when interrupted; 3 when a collection on Ray (``--ray``) finished with some
+images failed (each named in its summary and manifest).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ COMMANDS = {
     "export": ("export", "build_parser", "run"),
     "bench": ("bench", "build_bench_parser", "run_bench"),
     "info": ("bench", "build_info_parser", "run_info"),
+    "serve": ("serve", "build_parser", "run"),
 }
 
 

@@ -1,0 +1,330 @@
+"""The workers: one thread per device, each running the oldest queued job with its compatible batch-mates.
+
+Jobs are compatible when their style, options and planned shape at every scale are equal (their
+``batch_key``, made at admission): a worker claims up to ``batch_size`` of them, as many as the batch's
+plan fits in memory, and optimizes them as one batch (:meth:`nst_fast.Stylizer.stylize_many`).
+
+Stopping a job inside a batch: the engine stops a run as a whole, between two iterations (a
+:class:`~nst_fast.Cancel` token and the ``max_time`` deadline belong to the run, not to one of its
+images). So a job cancelled (``DELETE``) or past ``--job-timeout`` while its batch-mates go on is
+finished at once — its record set cancelled or failed, its stream told — and its image, still computed
+with the batch, is discarded at the end; the batch's run is stopped only when none of its jobs still
+wants it. On shutdown, runs not finished within the grace period are stopped and their jobs queued again.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..control import Cancel
+from ..errors import Cancelled, NstError
+from ..image import load_image, save_image, tensor_to_pil
+from ..options import Options
+from ..plan import Plan
+from ..samples import sample_style
+from ..stylizer import Stylizer
+from .jobs import CANCELLED, DONE, FAILED, Job
+
+log = logging.getLogger("nst_fast.serve")
+
+STOP_CANCEL, STOP_TIMEOUT, STOP_SHUTDOWN = "cancel", "timeout", "shutdown"
+
+
+@dataclass(eq=False)
+class Running:
+    """A job being optimized, and what its run has reported."""
+
+    job: Job
+    started: float  # time.monotonic()
+    deadline: float
+    step: int = 0
+    loss: float | None = None
+    stop: str | None = None  # why the run must stop for this job (STOP_*), once it must
+    finished: bool = False  # its record has its final status
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def progress(self) -> dict:
+        elapsed = self.elapsed
+        total = self.job.total
+        eta = elapsed / self.step * (total - self.step) if self.step else None
+        return {"step": self.step, "total": total, "loss": self.loss, "elapsed": round(elapsed, 3), "eta": eta}
+
+
+class _BatchCancel(Cancel):
+    """The cancellation token of a batch's run: cancelled when set (shutdown), or when none of its jobs
+    still wants the run (each cancelled, timed out or finished)."""
+
+    def __init__(self, members: list[Running]):
+        super().__init__()
+        self.members = members
+
+    @property
+    def cancelled(self) -> bool:
+        now = time.monotonic()
+        return super().cancelled or all(m.finished or m.stop or now >= m.deadline for m in self.members)
+
+
+class Scheduler:
+    """The workers of a :class:`~nst_fast.serve.service.Service`."""
+
+    def __init__(self, service):
+        self.service = service
+        self.config = service.config
+        self.ready = threading.Event()
+        self.failure: str | None = None  # why the warm-up failed
+        self._wake = threading.Condition()
+        self._claiming = True
+        self._running: dict[str, Running] = {}
+        self._running_lock = threading.Lock()
+        self._cancels: list[_BatchCancel] = []
+        self._threads: list[threading.Thread] = []
+        self._warmed = 0
+        self._mean_run = 5.0  # seconds per batch, smoothed (for Retry-After)
+
+    # Lifecycle.
+
+    def start(self) -> None:
+        for device in self.service.devices:
+            thread = threading.Thread(target=self._work, args=(device,), name=f"nst-fast worker {device}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def drain(self, grace: float) -> None:
+        """Claim nothing more; give running jobs ``grace`` seconds, then stop their runs (their jobs go
+        back in the queue); wait for the workers to end."""
+        self._claiming = False
+        self.wake()
+        end = time.monotonic() + grace
+        while self.running_count() and time.monotonic() < end:
+            time.sleep(0.05)
+        with self._running_lock:
+            for m in self._running.values():
+                m.stop = m.stop or STOP_SHUTDOWN
+            for cancel in self._cancels:
+                cancel.cancel()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def running_count(self) -> int:
+        with self._running_lock:
+            return len(self._running)
+
+    def runs_in_progress(self) -> int:
+        with self._running_lock:
+            return len(self._cancels)
+
+    def live(self, job_id: str) -> Running | None:
+        with self._running_lock:
+            return self._running.get(job_id)
+
+    def retry_after(self) -> int:
+        """Seconds after which a refused client may find room in the queue: about one batch's run."""
+        return max(1, min(300, round(self._mean_run)))
+
+    # Cancellation.
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job; False when it had finished already. A running job's run stops
+        at its next iteration, unless batch-mates still want it (then its image is discarded)."""
+        running = self.live(job_id)
+        if running is not None:
+            running.stop = running.stop or STOP_CANCEL
+            return self._finish(running, CANCELLED, "cancelled by a client")
+        return self.service.finish_job(job_id, CANCELLED, "cancelled by a client")
+
+    # The workers.
+
+    def _work(self, device: torch.device) -> None:
+        try:
+            self._warm_up(device)
+        except Exception as e:  # noqa: BLE001 — reported by /readyz and on stderr; the server exits
+            self.failure = f"warm-up on {device} failed: {type(e).__name__}: {' '.join(str(e).split())}"
+            log.error("%s", self.failure)
+            self.service.fatal(self.failure)
+            return
+        with self._wake:
+            self._warmed += 1
+            if self._warmed == len(self.service.devices):
+                self.ready.set()
+        while True:
+            with self._wake:
+                if not self._claiming:
+                    return
+            jobs = self._claim(device)
+            if not jobs:
+                with self._wake:
+                    if self._claiming:
+                        self._wake.wait(timeout=1.0)
+                continue
+            self._run(device, jobs)
+
+    def _warm_up(self, device: torch.device) -> None:
+        """Load the weights and run one step on ``device``: what /readyz waits for."""
+        if self.config.warmup_delay:
+            time.sleep(self.config.warmup_delay)
+        defaults = self.config.defaults
+        options = defaults.replace(
+            device=str(device),
+            size=max(64, defaults.min_size),
+            steps=1,
+            pyramid_start=0,
+            tile=0,
+            max_time=None,
+            tol=None,
+        )
+        stylizer = Stylizer(sample_style(64), options)
+        stylizer.stylize_tensor(sample_style(64, seed=1))
+
+    def _claim(self, device: torch.device) -> list[Job]:
+        """The next batch: the oldest queued job and up to ``batch_size - 1`` compatible ones, as many as
+        fit in memory together (the others go back in the queue, at their places)."""
+        jobs = self.service.store.claim(self.config.batch_size)
+        if len(jobs) > 1:
+            options, shape = _options(jobs[0], device), (jobs[0].height, jobs[0].width)
+            keep = len(jobs)
+            while keep > 1 and not Plan.resolve(options, shape, device, keep).fits:
+                keep -= 1
+            self.service.store.requeue([j.id for j in jobs[keep:]], undo_attempt=True)
+            jobs = jobs[:keep]
+        return jobs
+
+    def _run(self, device: torch.device, jobs: list[Job]) -> None:
+        now = time.monotonic()
+        members = [Running(job, now, now + self.config.job_timeout) for job in jobs]
+        cancel = _BatchCancel(members)
+        with self._running_lock:
+            for m in members:
+                self._running[m.job.id] = m
+            self._cancels.append(cancel)
+        service = self.service
+        service.metrics.batch_size.observe(len(members))
+        for m in members:
+            service.publish_status(m.job.id)
+        start = time.perf_counter()
+        iterations = 0
+        try:
+            stylizer = service.styles.get(
+                jobs[0].style_sha, service.data.style(jobs[0].style_sha), _options(jobs[0], device)
+            )
+            contents, live = [], []
+            for m in members:
+                try:
+                    contents.append(load_image(service.data.upload(m.job.id), self.config.max_pixels))
+                    live.append(m)
+                except NstError as e:
+                    self._finish(m, FAILED, str(e))
+            cancel.members = live
+
+            def progress(it) -> None:
+                nonlocal iterations
+                iterations += len(live)
+                service.metrics.iterations.inc(len(live))
+                loss = it.loss / len(live)  # a batch reports the sum of its images' losses
+                now = time.monotonic()
+                for index, m in enumerate(live):
+                    if m.finished:
+                        continue
+                    if now >= m.deadline and m.stop is None:
+                        m.stop = STOP_TIMEOUT
+                        self._finish(m, FAILED, _timeout_message(self.config.job_timeout))
+                        continue
+                    m.step, m.loss = it.step, loss
+                    service.hub.publish(m.job.id, "progress", {"id": m.job.id, **m.progress()})
+                    if service.hub.wants_preview(m.job.id, it.step, it.steps):
+                        service.hub.publish_preview(
+                            m.job.id, it.step, it.steps, lambda i=index, m=m: self._preview(it, i, len(live), m)
+                        )
+
+            def save(index: int, image: torch.Tensor) -> None:
+                m = live[index]
+                if m.finished:
+                    return  # cancelled or timed out while its batch-mates ran: discarded
+                path = save_image(image, service.data.result(m.job.id))
+                m.step = m.job.total
+                if not self._finish(m, DONE):
+                    path.unlink(missing_ok=True)
+
+            if live:
+                stylizer.stylize_many(contents, progress, batch_size=len(live), cancel=cancel, on_result=save)
+        except Cancelled:
+            pass  # each job's reason is its own: below
+        except NstError as e:
+            for m in members:
+                self._finish(m, FAILED, str(e))
+        except Exception as e:  # noqa: BLE001 — a job's failure is its record's, not the worker's
+            log.error("a batch of %d job(s) failed:\n%s", len(members), traceback.format_exc())
+            for m in members:
+                self._finish(m, FAILED, f"internal error: {type(e).__name__}: {e}")
+        finally:
+            requeued = []
+            for m in members:
+                if m.finished:
+                    continue
+                if m.stop == STOP_SHUTDOWN:
+                    requeued.append(m.job.id)
+                elif m.stop == STOP_TIMEOUT or time.monotonic() >= m.deadline:
+                    self._finish(m, FAILED, _timeout_message(self.config.job_timeout))
+                else:
+                    self._finish(m, FAILED, "the run ended without a result")
+            with self._running_lock:
+                for m in members:
+                    self._running.pop(m.job.id, None)
+                self._cancels.remove(cancel)
+            if requeued:
+                service.store.requeue(requeued)
+                for job_id in requeued:
+                    service.publish_status(job_id)
+            seconds = time.perf_counter() - start
+            if iterations:
+                service.metrics.iteration_rate.set(iterations / seconds)
+            self._mean_run = 0.8 * self._mean_run + 0.2 * seconds
+
+    def _finish(self, m: Running, status: str, error: str | None = None) -> bool:
+        with m.lock:
+            if m.finished:
+                return False
+            m.finished = True
+        return self.service.finish_job(m.job.id, status, error, step=m.step, loss=m.loss, started=m.started)
+
+    def _preview(self, it, index: int, batch: int, m: Running) -> dict:
+        """A small JPEG of job ``m``'s image (``index`` in a batch of ``batch``) at this iterate."""
+        image = it.image
+        image = image[index : index + 1] if image.shape[0] == batch else image[:1]
+        height, width = image.shape[-2:]
+        scale = self.config.preview_size / max(height, width)
+        if scale < 1:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            image = F.interpolate(image.detach().float(), size=size, mode="bilinear", antialias=True)
+        buffer = io.BytesIO()
+        tensor_to_pil(image.detach().cpu()).save(buffer, format="JPEG", quality=80)
+        return {
+            "id": m.job.id,
+            "step": it.step,
+            "total": it.steps,
+            "jpeg": base64.b64encode(buffer.getvalue()).decode(),
+        }
+
+
+def _options(job: Job, device: torch.device) -> Options:
+    return Options(**job.options).replace(device=str(device))
+
+
+def _timeout_message(seconds: float) -> str:
+    return f"timed out: the job ran longer than this server's job timeout of {seconds:g} s"

@@ -1,0 +1,1 @@
+"""Tests of `nst-fast serve` (a package: its conftest must not shadow tests/conftest.py's name)."""
