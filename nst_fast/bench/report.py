@@ -118,19 +118,6 @@ def write_record(path: str | os.PathLike, record: dict) -> None:
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
-def save_json(
-    path: str | os.PathLike,
-    results: list[Measurement],
-    peaks: dict[str, Peak] | None = None,
-    bandwidth: dict | None = None,
-    quality: list[Throughput] | None = None,
-    workload: dict | None = None,
-    device: str = "cpu",
-) -> None:
-    """:func:`benchmark_record` as JSON, written atomically."""
-    write_record(path, benchmark_record(results, peaks, bandwidth, quality, workload, device))
-
-
 def workload_description(
     images: tuple, iteration: dict | None = None, quality: dict | None = None, options: Options | None = None
 ) -> dict:
