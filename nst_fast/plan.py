@@ -91,7 +91,7 @@ def schedule(options: Options) -> tuple[tuple[int, int], ...]:
     optimized at size/2^k ≤ pyramid_start first, then upscaled and re-optimized at each doubling.
 
     Below 512 px one scale is the default by measurement: a pass at half size first reached the loss of
-    120 full-size iterations 21% sooner on one image pair and 18% later on another (benchmarks/NOTES.md §13).
+    120 full-size iterations 21% sooner on one image pair and 7% later on another (benchmarks/NOTES.md §13).
     """
     sizes = [options.size]
     while options.pyramid_start and sizes[0] > options.pyramid_start and sizes[0] // 2 >= options.min_size:
