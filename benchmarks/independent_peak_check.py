@@ -13,17 +13,22 @@ Each of the three parts of the figure is obtained differently from `nst-fast ben
 - the time: a plain loop of autocast forward and input gradient (what an iteration is made of, without
   the optimizer's update and the best-iterate tracking), timed by torch.utils.benchmark.Timer
   (blocked_autorange, its median), not the backend's make_step timed round by round;
-- the peak: torch.matmul of two n×n matrices (n fixed, 4096 by default) timed by Timer, not
-  nst_fast.bench.peak's size search and rounds.
+- the peak: torch.matmul of n×n matrices at other sides than the benchmark's (1024, 2048 and 2560 by
+  default; the best of their medians) timed by Timer, not nst_fast.bench.peak's sides and rounds.
 
-It prints both fractions and their difference, and exits 1 when they differ by more than --tolerance
-(0.05). Expect the independent fraction slightly higher: the benchmark's step also updates the image.
+Measured here (no --against), the two figures are taken in the same process, interleaved (--repeats
+times: independent, then the benchmark's), and each is the median over the repeats: this machine's
+speed drifts by 5-10% over minutes (other tenants), which two measurements minutes apart would read as
+a difference between the methods (benchmarks/NOTES.md §14). It prints both fractions and their
+difference, and exits 1 when they differ by more than --tolerance (0.05). Expect the independent
+fraction slightly higher: the benchmark's step also updates the image.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 
 import torch
@@ -64,57 +69,88 @@ def seconds(stmt, min_run_time: float) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def independent_fraction(size: int, precision: str, device: str, side: int, min_run_time: float) -> dict:
-    content, style = bench.default_images()
-    stylizer = Stylizer(style, Options(size=size, device=device, backend="torch", precision=precision))
-    dev = stylizer.device
-    image, loss_fn = stylizer.loss_for(content)
-    x = image.detach().clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    dtype = DTYPES[stylizer.precision.name]
+class Independent:
+    """The independent figure's parts: the step and its counted FLOPs (made once), its time and the peak
+    (:meth:`measure`, once per repeat)."""
 
-    def step():
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
-            acts = stylizer.model(x)
-        loss, _ = loss_fn(acts, x)
-        x.grad = None
-        loss.backward()  # (not autograd.grad: the counter's module tracking needs backward())
+    def __init__(self, size: int, precision: str, device: str, sides: list[int], min_run_time: float):
+        content, style = bench.default_images()
+        stylizer = Stylizer(style, Options(size=size, device=device, backend="torch", precision=precision))
+        dev = stylizer.device
+        image, loss_fn = stylizer.loss_for(content)
+        x = image.detach().clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        dtype = DTYPES[stylizer.precision.name]
 
-    step()  # warm-up: kernels chosen, memory touched
-    flops = counted_flops(step)
-    per_step = seconds(step, min_run_time)
-    gen = torch.Generator().manual_seed(0)
-    a = torch.rand(side, side, generator=gen).to(dev, dtype)
-    b = torch.rand(side, side, generator=gen).to(dev, dtype)
-    torch.matmul(a, b)
-    peak = 2 * side**3 / seconds(lambda: torch.matmul(a, b), min_run_time)
+        def step():
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+                acts = stylizer.model(x)
+            loss, _ = loss_fn(acts, x)
+            x.grad = None
+            loss.backward()  # (not autograd.grad: the counter's module tracking needs backward())
+
+        step()  # warm-up: kernels chosen, memory touched
+        self.step, self.flops, self.min_run_time = step, counted_flops(step), min_run_time
+        self.size, self.image, self.precision, self.device = size, list(image.shape[-2:]), stylizer.precision.name, dev
+        gen = torch.Generator().manual_seed(0)
+        self.products = {}
+        for side in sides:
+            a = torch.rand(side, side, generator=gen).to(dev, dtype)
+            b = torch.rand(side, side, generator=gen).to(dev, dtype)
+            torch.matmul(a, b)
+            self.products[side] = lambda a=a, b=b: torch.matmul(a, b)
+
+    def measure(self) -> tuple[float, dict[int, float]]:
+        """(seconds per iteration, FLOP/s of each side's product)."""
+        per_step = seconds(self.step, self.min_run_time)
+        return per_step, {side: 2 * side**3 / seconds(f, self.min_run_time) for side, f in self.products.items()}
+
+
+def independent_figure(ind: Independent, times: list[float], peaks: list[dict[int, float]]) -> dict:
+    per_step = statistics.median(times)
+    by_side = {side: statistics.median(p[side] for p in peaks) for side in peaks[0]}
+    side = max(by_side, key=by_side.get)
     return {
-        "size": size,
-        "image": list(image.shape[-2:]),
-        "precision": stylizer.precision.name,
-        "device": str(dev),
-        "flops_per_iteration": flops,
+        "size": ind.size,
+        "image": ind.image,
+        "precision": ind.precision,
+        "device": str(ind.device),
+        "flops_per_iteration": ind.flops,
         "seconds_per_iteration": per_step,
-        "achieved_flops_per_s": flops / per_step,
+        "seconds_per_iteration_all": times,
+        "achieved_flops_per_s": ind.flops / per_step,
         "peak_side": side,
-        "peak_flops_per_s": peak,
-        "fraction_of_peak": flops / per_step / peak,
+        "peak_flops_per_s": by_side[side],
+        "peak_flops_per_s_by_side": by_side,
+        "fraction_of_peak": ind.flops / per_step / by_side[side],
     }
 
 
-def benchmark_fraction(args) -> dict:
-    """The benchmark's figure: from a `nst-fast bench --json` file, or measured here as it measures it."""
-    if args.against:
-        record = bench.load_record(args.against)
-        for r in record["results"]:
-            if (r["backend"], r["precision"], r["size"]) == ("torch", args.precision, args.size):
-                keys = ("fraction_of_peak", "flops_per_iteration", "achieved_flops_per_s", "ms_median")
-                return {"source": args.against, **{k: r.get(k) for k in keys}}
-        raise SystemExit(f"{args.against}: no torch {args.precision} row at {args.size} px")
+def benchmark_from_file(args) -> dict:
+    """The benchmark's figure from a `nst-fast bench --json` file."""
+    record = bench.load_record(args.against)
+    for r in record["results"]:
+        if (r["backend"], r["precision"], r["size"]) == ("torch", args.precision, args.size):
+            keys = ("fraction_of_peak", "flops_per_iteration", "achieved_flops_per_s", "ms_median")
+            return {"source": args.against, **{k: r.get(k) for k in keys}}
+    raise SystemExit(f"{args.against}: no torch {args.precision} row at {args.size} px")
+
+
+def benchmark_measured(args) -> dict:
+    """One measurement of the benchmark's figure, here, as `nst-fast bench` measures it."""
     peaks = {args.precision: bench.measure_peak(args.precision, args.device)}
     m = bench.measure_step("torch", args.precision, args.size, args.device, rounds=args.rounds, warmup=2)
     e = measurement_efficiency(m, peaks)
-    return {"source": "measured here (nst_fast.bench)", **e, "ms_median": m.ms_median,
-            "peak_flops_per_s": peaks[args.precision].flops_per_s}  # fmt: skip
+    return {**e, "ms_median": m.ms_median, "peak_flops_per_s": peaks[args.precision].flops_per_s}
+
+
+def benchmark_figure(runs: list[dict]) -> dict:
+    """The median of the benchmark's repeated measurements: its time and its peak, each."""
+    ms = statistics.median(r["ms_median"] for r in runs)
+    peak = statistics.median(r["peak_flops_per_s"] for r in runs)
+    flops = runs[0]["flops_per_iteration"]
+    return {"source": f"measured here (nst_fast.bench), median of {len(runs)} interleaved", "ms_median": ms,
+            "flops_per_iteration": flops, "achieved_flops_per_s": flops / (ms / 1e3), "peak_flops_per_s": peak,
+            "fraction_of_peak": flops / (ms / 1e3) / peak, "runs": runs}  # fmt: skip
 
 
 def main() -> int:
@@ -122,20 +158,31 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--precision", default="bf16", choices=tuple(DTYPES))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--side", type=int, default=4096, help="the matrices' side for the peak (default: 4096)")
+    parser.add_argument("--sides", default="1024,2048,2560", help="the product sides for the peak (the best counts)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements of each figure (median)")
     parser.add_argument("--min-run-time", type=float, default=3.0, help="seconds each Timer measures at least")
     parser.add_argument("--rounds", type=int, default=5, help="the benchmark's timed iterations, measured here")
     parser.add_argument("--against", help="a nst-fast bench --json file to compare with, instead of measuring")
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--json", help="write both figures here")
     args = parser.parse_args()
-    mine = independent_fraction(args.size, args.precision, args.device, args.side, args.min_run_time)
-    theirs = benchmark_fraction(args)
+    ind = Independent(
+        args.size, args.precision, args.device, [int(v) for v in args.sides.split(",")], args.min_run_time
+    )
+    times, peaks, runs = [], [], []
+    for _ in range(1 if args.against else args.repeats):
+        per_step, by_side = ind.measure()
+        times.append(per_step)
+        peaks.append(by_side)
+        if not args.against:
+            runs.append(benchmark_measured(args))
+    mine = independent_figure(ind, times, peaks)
+    theirs = benchmark_from_file(args) if args.against else benchmark_figure(runs)
     difference = mine["fraction_of_peak"] - theirs["fraction_of_peak"]
     print(
         f"independent: {mine['flops_per_iteration'] / 1e9:.1f} GFLOP in {mine['seconds_per_iteration'] * 1e3:.1f} ms "
         f"= {mine['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s; peak {mine['peak_flops_per_s'] / 1e9:.1f} GFLOP/s "
-        f"({args.side}²) → {mine['fraction_of_peak']:.3f} of peak"
+        f"({mine['peak_side']}²) → {mine['fraction_of_peak']:.3f} of peak"
     )
     print(
         f"nst-fast bench ({theirs['source']}): {theirs['flops_per_iteration'] / 1e9:.1f} GFLOP in "

@@ -80,11 +80,11 @@ class DeviceLBFGS:
             order = [(self.k - 1 - i) % self.m for i in range(count)]
             for i in order:
                 self.alpha[i] = torch.dot(self.s[i], q) * self.rho[i]
-                q.sub_(self.y[i] * self.alpha[i])
+                q.addcmul_(self.y[i], self.alpha[i], value=-1)  # in place: no n-sized temporary per pair
             d = q.mul_(self.h_diag)
             for i in reversed(order):
                 beta = torch.dot(self.y[i], d) * self.rho[i]
-                d.add_(self.s[i] * (self.alpha[i] - beta))
+                d.addcmul_(self.s[i], self.alpha[i] - beta)
             t = self.lr
         self.prev_grad.copy_(g)
         self.prev_param.copy_(x)
@@ -214,12 +214,12 @@ class BatchedLBFGS:
             q = g.neg()
             order = [(self.k - 1 - i) % self.m for i in range(min(self.k, self.m))]
             for i in order:
-                self.alpha[i] = (self.s[i] * q).sum(dim=1) * self.rho[i]
-                q.sub_(self.y[i] * self.alpha[i][:, None])
+                self.alpha[i] = torch.linalg.vecdot(self.s[i], q) * self.rho[i]
+                q.addcmul_(self.y[i], self.alpha[i][:, None], value=-1)
             d = q.mul_(self.h_diag[:, None])
             for i in reversed(order):
-                beta = (self.y[i] * d).sum(dim=1) * self.rho[i]
-                d.add_(self.s[i] * (self.alpha[i] - beta)[:, None])
+                beta = torch.linalg.vecdot(self.y[i], d) * self.rho[i]
+                d.addcmul_(self.s[i], (self.alpha[i] - beta)[:, None])
             t = self.lr
         self.prev_grad.copy_(g)
         self.prev_param.copy_(x)

@@ -6,9 +6,10 @@ configuration's fraction of peak is its achieved FLOP/s (the iteration's FLOPs, 
 its median time) over the peak of its precision: near 1, the software leaves little of the device
 unused; far below, the time goes elsewhere (memory traffic, small layers, overheads).
 
-- :func:`measure_peak`: matrix-product FLOP/s in one precision (fp32, TF32, bf16, fp16), the size
-  grown until one product is long enough to time (capped per device), a round long enough to time
-  (about ``round_seconds``), after warm-up, median of ``rounds``, the device synchronised;
+- :func:`measure_peak`: matrix-product FLOP/s in one precision (fp32, TF32, bf16, fp16): several sides,
+  grown until one product is long enough to time (capped per device), each timed in rounds long enough
+  to time (about ``round_seconds``), after warm-up, median of ``rounds``, the device synchronised; the
+  best side's median is the peak;
 - :func:`measure_bandwidth`: a large copy's bytes moved per second (read and write), the memory side;
 - :func:`efficiency`: a step measurement's FLOPs, achieved FLOP/s and fraction of peak.
 """
@@ -19,7 +20,7 @@ import contextlib
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -29,23 +30,29 @@ from .machine import synchronize
 
 # The matrix product's dtype per precision; TF32 is float32 with the tensor cores' TF32 mode on.
 MATMUL_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Matrix sides tried, 512 doubling: the first whose product takes ``min_product_seconds`` is used, else
-# the largest the device allows (a 2-core CPU: 2048² in fp32, 4096² in bf16, each product 0.1-0.25 s).
-MAX_SIDE = {"cpu": 4096, "cuda": 16384}
+# Matrix sides tried: 768 doubling (768, 1536, 3072, ...) up to the first whose product takes
+# ``min_product_seconds`` or the device's cap, and the peak is the best of their medians. Not powers of
+# two: a power-of-two leading dimension maps a column's elements onto few cache sets, and a 4096² bf16
+# product on this 2-core EPYC ran at 203-357 GFLOP/s from round to round where 768² to 1536² products
+# ran at 390-410 (benchmarks/NOTES.md §14). Several sides, because no one shape is every device's best:
+# on a CPU the small products that fit the caches are as fast as any, on a GPU the largest.
+FIRST_SIDE = 768
+MAX_SIDE = {"cpu": 6144, "cuda": 16384}
 
 
 @dataclass
 class Peak:
-    """Reachable FLOP/s of a square matrix product in one precision on one device."""
+    """Reachable FLOP/s of a square matrix product in one precision on one device: the best side's."""
 
     precision: str
     dtype: str
     device: str
-    side: int  # the matrices are side × side
+    side: int  # the best side: its matrices are side × side
     products_per_round: int
     rounds: int
-    flops_per_s: float  # median over the rounds
-    flops_per_s_all: list[float]
+    flops_per_s: float  # the best side's median over the rounds
+    flops_per_s_all: list[float]  # the best side's rounds
+    by_side: dict[int, float] = field(default_factory=dict)  # every side tried: its median FLOP/s
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +81,33 @@ def _seconds(fn, device: torch.device, repeat: int) -> float:
     return time.perf_counter() - start
 
 
+def _sides(cap: int) -> list[int]:
+    """The sides to try, smallest first: 768 doubling up to ``cap`` (just ``cap`` below 768)."""
+    if cap < FIRST_SIDE:
+        return [cap]
+    sides = [FIRST_SIDE]
+    while sides[-1] * 2 <= cap:
+        sides.append(sides[-1] * 2)
+    return sides
+
+
+def _measure_side(side, dtype, dev, gen, rounds, round_seconds):
+    """(FLOP/s of each round, products per round, seconds of one product) of a side × side product."""
+    a = torch.rand(side, side, generator=gen).to(dev, dtype)
+    b = torch.rand(side, side, generator=gen).to(dev, dtype)
+    out = torch.empty(side, side, dtype=dtype, device=dev)
+
+    def product():
+        torch.mm(a, b, out=out)
+
+    product()  # warm-up: the library's kernel choice, the first touch of the memory
+    one = _seconds(product, dev, 1)
+    per_round = max(1, math.ceil(round_seconds / max(one, 1e-9)))
+    _seconds(product, dev, per_round)  # warm-up at the round's length (clocks, caches)
+    flops = 2 * side**3 * per_round
+    return [flops / _seconds(product, dev, per_round) for _ in range(rounds)], per_round, one
+
+
 def measure_peak(
     precision: str,
     device: str | torch.device = "cpu",
@@ -82,37 +116,26 @@ def measure_peak(
     min_product_seconds: float = 0.05,
     max_side: int | None = None,
 ) -> Peak:
-    """Median FLOP/s (2·n³ per product) of a n×n matrix product in ``precision`` on ``device``."""
+    """The best median FLOP/s (2·n³ per product) of n×n matrix products in ``precision`` on ``device``,
+    over the sides of :func:`_sides` up to the first whose one product takes ``min_product_seconds``."""
     if precision not in MATMUL_DTYPES:
         raise ValueError(f"no matrix-product peak for precision {precision!r}; use {', '.join(MATMUL_DTYPES)}")
     dev = torch.device(device)
     if precision == "tf32" and dev.type != "cuda":
         raise ValueError("TF32 is a CUDA format: no TF32 peak on " + dev.type)
     dtype = MATMUL_DTYPES[precision]
-    cap = max_side or MAX_SIDE.get(dev.type, 4096)
     gen = torch.Generator().manual_seed(0)
+    tried = {}
     with _tf32(precision == "tf32", dev), torch.no_grad():
-        side = min(512, cap)
-        while True:
-            a = torch.rand(side, side, generator=gen).to(dev, dtype)
-            b = torch.rand(side, side, generator=gen).to(dev, dtype)
-            out = torch.empty(side, side, dtype=dtype, device=dev)
-
-            def product(a=a, b=b, out=out):
-                torch.mm(a, b, out=out)
-
-            product()  # warm-up: the library's kernel choice, the first touch of the memory
-            one = _seconds(product, dev, 1)
-            if one >= min_product_seconds or 2 * side > cap:
+        for side in _sides(max_side or MAX_SIDE.get(dev.type, 4096)):
+            rates, per_round, one = _measure_side(side, dtype, dev, gen, rounds, round_seconds)
+            tried[side] = (statistics.median(rates), rates, per_round)
+            if one >= min_product_seconds:
                 break
-            side *= 2
-        per_round = max(1, math.ceil(round_seconds / max(one, 1e-9)))
-        _seconds(product, dev, per_round)  # warm-up at the round's length (clocks, caches)
-        flops = 2 * side**3 * per_round
-        rates = [flops / _seconds(product, dev, per_round) for _ in range(rounds)]
-    return Peak(
-        precision, str(dtype).replace("torch.", ""), str(dev), side, per_round, rounds, statistics.median(rates), rates
-    )
+    best = max(tried, key=lambda side: tried[side][0])
+    median, rates, per_round = tried[best]
+    by_side = {side: t[0] for side, t in tried.items()}
+    return Peak(precision, str(dtype).replace("torch.", ""), str(dev), best, per_round, rounds, median, rates, by_side)
 
 
 def measure_peaks(precisions, device: str | torch.device = "cpu", **kwargs) -> dict[str, Peak]:
