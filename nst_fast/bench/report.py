@@ -132,7 +132,7 @@ def workload_description(
         "options": jsonable_options(options or Options()),
         "flops": "per iteration and image: convolutions forward and backward to the input (no weight gradients), "
         "Gram matrices forward and backward as full products, elementwise work (nst_fast.bench.flops)",
-        "peak": "median FLOP/s of a large square matrix product per precision, after warm-up (nst_fast.bench.peak)",
+        "peak": "per precision, the best median FLOP/s of square matrix products at several sides (768 doubling, none a power of two), after warm-up (nst_fast.bench.peak)",
         "iteration": iteration,
         "quality": quality,
     }
