@@ -23,9 +23,11 @@ class Iterate:
     ``loss`` and ``losses`` may live on the device until read: reading them on a GPU waits for the
     step to finish, so a callback that reads them only every N steps keeps the GPU busy.
     ``elapsed`` is host time since the loop started (on a GPU, the work may still be queued).
+    ``indices``, for a batch (:meth:`~nst_fast.Stylizer.stylize_many`), says whose image each row of
+    ``image`` is: its position in the list of contents (rows leave when their image is cancelled).
     """
 
-    __slots__ = ("step", "steps", "elapsed", "device", "_image", "_loss", "_losses")
+    __slots__ = ("step", "steps", "elapsed", "device", "indices", "_image", "_loss", "_losses")
 
     def __init__(
         self,
@@ -36,8 +38,10 @@ class Iterate:
         elapsed: float,
         image: torch.Tensor | Callable[[], torch.Tensor],
         device: torch.device | None = None,
+        indices: tuple[int, ...] | None = None,
     ):
         self.step, self.steps, self.elapsed, self._image = step, steps, elapsed, image
+        self.indices = indices
         self.device = image.device if isinstance(image, torch.Tensor) else device
         self._loss, self._losses = loss, losses
 
@@ -58,12 +62,18 @@ class Iterate:
         self._losses = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in self._losses.items()}
         return self._losses
 
-    def shifted(self, done: int, total: int, elapsed: float, image=None) -> Iterate:
+    def shifted(self, done: int, total: int, elapsed: float, image=None, indices=None) -> Iterate:
         """This iterate as a step of a larger run that had done ``done`` steps of ``total`` in ``elapsed``
         seconds before it began (a scale of a pyramid, a tile); ``image`` (a tensor, or a function that
-        makes one when read) replaces the image it shows."""
+        makes one when read) replaces the image it shows; ``indices`` (a sequence) maps the batch
+        positions of :attr:`indices` to the larger run's."""
         shown = self._image if image is None else image
-        return Iterate(done + self.step, total, self._loss, self._losses, elapsed + self.elapsed, shown, self.device)
+        mapped = self.indices
+        if indices is not None:
+            mapped = tuple(indices[i] for i in (self.indices or range(len(indices))))
+        return Iterate(
+            done + self.step, total, self._loss, self._losses, elapsed + self.elapsed, shown, self.device, mapped
+        )
 
     def to_pil(self):
         return tensor_to_pil(self.image)

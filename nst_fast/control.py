@@ -35,15 +35,32 @@ class Cancel:
 
 
 class Stop:
-    """Whether a run must stop now: cancelled, or past ``max_time`` seconds from when this was made."""
+    """Whether a run must stop now: cancelled, or past ``max_time`` seconds from when this was made.
 
-    def __init__(self, max_time: float | None = None, cancel: Cancel | None = None):
+    A batch's run may also carry one token per image (``members``): an image whose token is cancelled
+    leaves the batch between two iterations (:meth:`wanted`) while the others go on; the run as a
+    whole stops when every image has left it.
+    """
+
+    def __init__(
+        self, max_time: float | None = None, cancel: Cancel | None = None, members: list[Cancel | None] | None = None
+    ):
         self.cancel = cancel
+        self.members = members
         self.deadline = None if max_time is None else time.perf_counter() + max_time
 
     @property
     def cancelled(self) -> bool:
-        return self.cancel is not None and self.cancel.cancelled
+        """The run's own token is cancelled, or every image's."""
+        if self.cancel is not None and self.cancel.cancelled:
+            return True
+        return bool(self.members) and all(m is not None and m.cancelled for m in self.members)
+
+    def wanted(self, positions: list[int]) -> list[int]:
+        """Of a batch's images (their positions in ``members``), those not cancelled, in order."""
+        if self.members is None:
+            return positions
+        return [p for p in positions if self.members[p] is None or not self.members[p].cancelled]
 
     @property
     def expired(self) -> bool:
@@ -52,12 +69,20 @@ class Stop:
     def __call__(self) -> bool:
         return self.cancelled or self.expired
 
+    def subset(self, positions: list[int]) -> Stop:
+        """This stop for a batch that holds only the images at ``positions`` (the others left it)."""
+        if self.members is None:
+            return self
+        part = Stop(cancel=self.cancel, members=[self.members[p] for p in positions])
+        part.deadline = self.deadline
+        return part
+
     def share(self, fraction: float) -> Stop:
         """The stop of a part of the run that may spend ``fraction`` of the time left to its deadline
         (the whole run's deadline when it has none), cancelled with it."""
         if self.deadline is None or fraction >= 1:
             return self
-        part = Stop(cancel=self.cancel)
+        part = Stop(cancel=self.cancel, members=self.members)
         now = time.perf_counter()
         part.deadline = now + fraction * max(0.0, self.deadline - now)
         return part
@@ -83,7 +108,7 @@ class Plateau:
             return False
         now = torch.as_tensor(best_loss).detach().to("cpu", torch.float64)
         previous, self._previous = self._previous, now
-        if previous is None:
+        if previous is None or previous.shape != now.shape:  # (a batch that lost images starts a new window)
             return False
         gained = (previous - now) / previous.abs()
         return bool((gained < self.tol).all())

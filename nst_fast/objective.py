@@ -121,6 +121,25 @@ class StyleTransferLoss(nn.Module):
             add("tv", values.sum(), values.detach())
         return sum(terms.values()), each, terms
 
+    def select(self, rows: list[int]) -> StyleTransferLoss:
+        """The loss of a batch's images ``rows`` only (a batch that some of its images left): their own
+        content targets and scales, the shared style targets."""
+        index = torch.tensor(rows, device=next(iter(self.content_targets.values()), torch.empty(0)).device)
+
+        def pick(value):
+            return value.index_select(0, index) if isinstance(value, torch.Tensor) and value.dim() else value
+
+        return StyleTransferLoss(
+            {k: pick(v) for k, v in self.content_targets.items()},
+            self.style_targets,
+            self.layer_weights,
+            self.content_weight,
+            self.style_weight,
+            self.tv_weight,
+            content_layer_weights={k: pick(v) for k, v in self.content_layer_weights.items()},
+            impl=self.impl,
+        )
+
     def image_terms(self, image: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The terms of the image itself (total variation)."""
         return {"tv": self.tv_weight * tv_loss(image)} if self.tv_weight and image is not None else {}

@@ -118,7 +118,7 @@ class Stylizer:
         original = load_image(content, self.options.max_pixels, copy=False)  # only read
         plan = plan or Plan.resolve(self.options, tuple(original.shape[-2:]), self.device)
         self._check_executable(plan, original)
-        return self._run([original], plan, callback, cancel)
+        return self._run([original], plan, callback, Stop(self.options.max_time, cancel))[0]
 
     def stylize_many(
         self,
@@ -127,8 +127,9 @@ class Stylizer:
         *,
         batch_size: int | None = None,
         cancel: Cancel | None = None,
+        cancel_each: Sequence[Cancel | None] | None = None,
         on_result: Callable[[int, torch.Tensor], object] | None = None,
-    ) -> list[torch.Tensor]:
+    ) -> list[torch.Tensor | None]:
         """Stylize several content images; returns their 1×3×H×W tensors in the order given.
 
         Images whose runs are alike (:attr:`Plan.batch_key`: the same size at every scale, untiled, the
@@ -136,13 +137,19 @@ class Stylizer:
         B×3×H×W batch: one network pass for all, each image with its own content targets, loss, L-BFGS
         and best iterate, so that each gets what it would alone (to rounding: a batch's convolutions
         may round differently). The others run one by one. ``callback`` sees each run's iterates (a batch's
-        image is the whole batch, its loss their sum); ``cancel`` ends the current run and the rest;
-        ``on_result(index, image)`` receives each image as soon as its run ends (to save it before the
-        others are done).
+        image is the whole batch, its loss their sum, :attr:`Iterate.indices` whose each row is);
+        ``cancel`` ends the current run and the rest with :class:`~nst_fast.errors.Cancelled`.
+        ``cancel_each`` gives each image a token of its own: a cancelled image leaves its batch between
+        two iterations (the others go on, as they would have, and faster), gets None as its result and
+        no ``on_result``. ``on_result(index, image)`` receives each image as soon as its run ends (to
+        save it before the others are done).
         """
         size = self.options.batch_size if batch_size is None else batch_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise OptionsError(f"batch_size must be a positive integer, got {size!r}")
+        contents = list(contents)
+        if cancel_each is not None and len(cancel_each) != len(contents):
+            raise OptionsError(f"{len(cancel_each)} cancel_each tokens given for {len(contents)} content images")
         originals = [load_image(c, self.options.max_pixels, copy=False) for c in contents]
         plans = [Plan.resolve(self.options, tuple(o.shape[-2:]), self.device) for o in originals]
         groups: dict[object, list[int]] = {}
@@ -157,22 +164,37 @@ class Stylizer:
                 plan = (
                     plans[chunk[0]] if len(chunk) == 1 else Plan.resolve(self.options, shape, self.device, len(chunk))
                 )
-                out = self._run([originals[i] for i in chunk], plan, callback, cancel)
-                for i, image in zip(chunk, out.split(1)):
+                tokens = None if cancel_each is None else [cancel_each[i] for i in chunk]
+                stop = Stop(self.options.max_time, cancel, tokens)
+                out, held = self._run([originals[i] for i in chunk], plan, callback, stop, chunk)
+                for position, image in zip(held, out.split(1) if held else []):
+                    i = chunk[position]
                     results[i] = image
                     if on_result is not None:
                         on_result(i, image)
         return results
 
-    def _run(self, originals: list[torch.Tensor], plan: Plan, callback: Callback | None, cancel: Cancel | None):
-        """Optimize ``originals`` (one image, or a batch whose plan makes them alike) as ``plan`` says."""
+    def _run(
+        self,
+        originals: list[torch.Tensor],
+        plan: Plan,
+        callback: Callback | None,
+        stop: Stop,
+        indices: list[int] | None = None,
+    ) -> tuple[torch.Tensor | None, list[int]]:
+        """Optimize ``originals`` (one image, or a batch whose plan makes them alike) as ``plan`` says.
+        Returns the images of those not cancelled (``stop.members``), and their positions in
+        ``originals``; ``indices`` are their numbers in the iterates' :attr:`~Iterate.indices`."""
         opts = self.options
-        stop = Stop(opts.max_time, cancel)
         image = None
+        held = list(range(len(originals)))  # the images the run still holds
         done, start = 0, time.perf_counter()
         for index, scale in enumerate(plan.scales):
             _raise_if_cancelled(stop)
-            content_i = _batch([resize_longest(o, scale.size) for o in originals]).to(self.device)
+            image, held = _without_cancelled(image, held, stop)
+            if not held:
+                return None, []
+            content_i = _batch([resize_longest(originals[p], scale.size) for p in held]).to(self.device)
             if image is None:  # each image's own start: noise as it would have alone
                 image = _batch([initial_image(c[None], opts) for c in content_i])
             else:
@@ -182,18 +204,25 @@ class Stylizer:
                 continue
             targets = self.style_targets_by_size[scale.size]
             elapsed = time.perf_counter() - start
-            scale_stop = stop.share(plan.work_share(index))  # under a deadline, every scale gets its share
+            # Under a deadline, every scale gets its share; a batch's tokens are those of the images held.
+            scale_stop = stop.share(plan.work_share(index)).subset(held)
             if not scale.tiled:
                 loss_fn = build_loss(self.model, content_i, targets, opts, impl=plan.impl)
-                report = _shifted(callback, done, plan.total_steps, elapsed)
+                numbers = None if indices is None else [indices[p] for p in held]
+                report = _shifted(callback, done, plan.total_steps, elapsed, indices=numbers)
                 image = plan.backend.optimize(self.model, loss_fn, image, scale.loop, report, scale_stop)
             else:
                 self._optimize_tiles(plan, scale, image, content_i, targets, callback, done, start, scale_stop)
             _raise_if_cancelled(stop)
             done += scale.iterations
+        rows = [held.index(p) for p in stop.wanted(held)]  # cancelled during the last scale: no output
+        if len(rows) < len(held):
+            image, content_i, held = image[rows], content_i[rows], [held[r] for r in rows]
+            if not held:
+                return None, []
         if opts.preserve_colors:
             image = preserve_colors(image, content_i)
-        return image.cpu()
+        return image.cpu(), held
 
     def _check_executable(self, plan: Plan, content: torch.Tensor) -> None:
         if plan.options != self.options or plan.device != self.device:
@@ -242,15 +271,27 @@ def _batch(images: list[torch.Tensor]) -> torch.Tensor:
     return images[0] if len(images) == 1 else torch.cat(images)
 
 
-def _shifted(callback: Callback | None, done: int, total: int, elapsed: float, preview=None) -> Callback | None:
+def _without_cancelled(image: torch.Tensor | None, held: list[int], stop: Stop):
+    """A batch's iterate and positions without the images whose tokens are cancelled."""
+    still = stop.wanted(held)
+    if still == held:
+        return image, held
+    rows = [held.index(p) for p in still]
+    return (None if image is None or not rows else image[rows]), still
+
+
+def _shifted(
+    callback: Callback | None, done: int, total: int, elapsed: float, preview=None, indices: list[int] | None = None
+) -> Callback | None:
     """A callback for one scale (or one tile of it) that reports steps and time as parts of the whole
-    run, and — for a tile — the whole canvas with the tile blended in as the image (``preview``)."""
+    run, and — for a tile — the whole canvas with the tile blended in as the image (``preview``);
+    ``indices`` number a batch's images (the contents' positions given to stylize_many)."""
     if callback is None:
         return None
 
     def report(it: Iterate) -> None:
         image = None if preview is None else (lambda: preview(it.image))
-        callback(it.shifted(done, total, elapsed, image))
+        callback(it.shifted(done, total, elapsed, image, indices))
 
     return report
 
@@ -270,7 +311,8 @@ def _process_settings(options: Options, device: torch.device) -> None:
 
 
 def _raise_if_cancelled(stop: Stop) -> None:
-    if stop.cancelled:
+    """The run's own token (not one image's of a batch) ends it with :class:`Cancelled`."""
+    if stop.cancel is not None and stop.cancel.cancelled:
         raise Cancelled("the run was cancelled")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nst_fast import Options, Plan, Stylizer
+from nst_fast import Cancel, Cancelled, Options, OptionsError, Plan, Stylizer
 from nst_fast.backends.lbfgs import BatchedLBFGS, DeviceLBFGS
 from nst_fast.objective import build_loss, evaluate_loss
 
@@ -149,3 +149,68 @@ def test_the_command_batches_a_directory(images, tmp_path, capsys):
     assert sorted(p.name for p in styled.iterdir()) == ["a.png", "b.png", "c.png", "wide.png"]
     code = main([str(a) for a in [*argv, "--save-every", "1"]])
     assert code == 2 and "without --batch-size" in capsys.readouterr().err
+
+
+def _cancel_at(step: int, tokens: dict[int, Cancel], seen: list):
+    """A callback that records each iterate's rows and cancels ``tokens`` (input index → token) after
+    iteration ``step``."""
+
+    def callback(it):
+        seen.append((it.step, it.indices, it.image.shape[0]))
+        if it.step == step:
+            for token in tokens.values():
+                token.cancel()
+
+    return callback
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_a_cancelled_image_leaves_its_batch_and_the_others_go_on_as_before(optimizer):
+    style = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(21))
+    stylizer = Stylizer(style, size=64, steps=5, precision="fp32", optimizer=optimizer, init="content+noise")
+    contents = _images((48, 64), (48, 64), (48, 64))
+    whole = stylizer.stylize_many(contents, batch_size=3)
+    tokens, seen, results = [Cancel(), Cancel(), Cancel()], [], {}
+    callback = _cancel_at(2, {1: tokens[1]}, seen)
+    out = stylizer.stylize_many(contents, callback, batch_size=3, cancel_each=tokens, on_result=results.__setitem__)
+    assert out[1] is None and sorted(results) == [0, 2], "a cancelled image: no result, no on_result"
+    # Iterations 1-2 on three images, 3-5 on the two left: the cancelled one no longer computed.
+    assert seen == [(1, (0, 1, 2), 3), (2, (0, 1, 2), 3)] + [(n, (0, 2), 2) for n in (3, 4, 5)]
+    for i in (0, 2):  # each goes on as in the whole batch (to the rounding of a smaller batch) and alone
+        assert _judged(stylizer, contents[i], out[i]) == pytest.approx(
+            _judged(stylizer, contents[i], whole[i]), rel=1e-4
+        )
+        alone = stylizer.stylize_tensor(contents[i])
+        assert _judged(stylizer, contents[i], out[i]) == pytest.approx(_judged(stylizer, contents[i], alone), rel=1e-4)
+
+
+def test_cancelling_every_image_of_a_batch_ends_it_without_an_error_and_the_rest_run():
+    style = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(21))
+    stylizer = Stylizer(style, size=64, steps=4, precision="fp32")
+    contents = _images((48, 64), (48, 64), (64, 48))  # the last: a group of its own
+    tokens, seen = [Cancel(), Cancel(), None], []
+    callback = _cancel_at(1, {0: tokens[0], 1: tokens[1]}, seen)
+    out = stylizer.stylize_many(contents, callback, batch_size=2, cancel_each=tokens)
+    assert out[0] is None and out[1] is None and out[2] is not None
+    assert [s for s in seen if s[1] == (0, 1)] == [(1, (0, 1), 2)], "the batch stopped after its first iteration"
+    assert [s[0] for s in seen if s[1] == (2,)] == [1, 2, 3, 4]
+    with pytest.raises(OptionsError, match="2 cancel_each tokens given for 3 content images"):
+        stylizer.stylize_many(contents, cancel_each=tokens[:2])
+    shared = Cancel()
+    shared.cancel()
+    with pytest.raises(Cancelled):  # the run's own token still ends everything
+        stylizer.stylize_many(contents, cancel=shared, cancel_each=[None] * 3)
+
+
+def test_an_image_cancelled_between_two_scales_does_not_start_the_next():
+    style = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(21))
+    stylizer = Stylizer(style, size=96, pyramid_start=48, steps=3, precision="fp32")
+    contents = _images((72, 96), (72, 96))
+    plan = stylizer.plan(contents[0])
+    first = plan.scales[0].iterations
+    assert len(plan.scales) == 2, [s.size for s in plan.scales]
+    tokens, seen = [Cancel(), Cancel()], []
+    out = stylizer.stylize_many(contents, _cancel_at(first, {0: tokens[0]}, seen), batch_size=2, cancel_each=tokens)
+    assert out[0] is None and out[1] is not None and out[1].shape == contents[1].shape
+    assert {rows for step, _, rows in seen if step <= first} == {2}
+    assert {(indices, rows) for step, indices, rows in seen if step > first} == {((1,), 1)}

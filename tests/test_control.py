@@ -12,7 +12,7 @@ import torch
 import nst_fast
 from nst_fast import Cancel, Cancelled, Stylizer
 from nst_fast.cli import main
-from nst_fast.control import Plateau
+from nst_fast.control import Plateau, Stop
 
 STYLE = torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(3))
 CONTENT = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(4))
@@ -135,3 +135,19 @@ def test_stylize_takes_a_cancel_token():
     cancel.cancel()
     with pytest.raises(Cancelled):
         nst_fast.stylize(CONTENT, STYLE, size=48, steps=5, cancel=cancel)
+
+
+def test_a_batch_stop_lets_images_leave_one_by_one():
+    a, b, c = Cancel(), Cancel(), Cancel()
+    stop = Stop(max_time=60, members=[a, None, c])
+    assert stop.wanted([0, 1, 2]) == [0, 1, 2] and not stop.cancelled
+    a.cancel()
+    assert stop.wanted([0, 1, 2]) == [1, 2] and not stop.cancelled and not stop()
+    part = stop.subset([0, 2])  # a batch holding images 0 and 2 only: its positions are 0 and 1
+    assert part.wanted([0, 1]) == [1] and part.deadline == stop.deadline
+    c.cancel()
+    assert part.cancelled and part() and not stop.cancelled  # image 1 (no token) is still wanted
+    assert Stop(members=[a, c]).cancelled and not b.cancelled
+    run_token = Cancel()
+    run_token.cancel()
+    assert Stop(cancel=run_token, members=[None]).cancelled

@@ -106,13 +106,15 @@ class Evaluator:
         checkpoint: bool = False,
         compile: bool = False,  # noqa: A002 — torch.compile's name
         autocast_cache: bool = True,
+        batched: bool | None = None,
     ):
         self.model, self.loss_fn, self.image, self.precision = model, loss_fn, image, precision
         self.scale = self.FP16_LOSS_SCALE if precision.autocast_dtype == torch.float16 else None
         self.checkpoint = checkpoint
         # A batch of images, each with its own loss (StyleTransferLoss.batch): each one's value is what
         # its best iterate is judged by. (The plan batches only runs without checkpointing.)
-        self.batched = image.shape[0] > 1
+        self.batched = image.shape[0] > 1 if batched is None else batched  # (one left of a batch: still one)
+        self.compile = compile
         if self.batched and checkpoint:
             raise ValueError("a batch of images is optimized without checkpointing")
         if checkpoint:  # torch.utils.checkpoint imports torch._dynamo on its first call
@@ -165,17 +167,11 @@ class _Run:
             raise ValueError("a batch of images runs eagerly or compiled, not in a CUDA graph")
         if spec.optimizer == "lbfgs":
             kind = BatchedLBFGS if batch > 1 else CompactLBFGS if spec.graph == "cuda" else DeviceLBFGS
-            self.update = kind(x, spec.learning_rate, spec.history).step
+            self.optimizer = kind(x, spec.learning_rate, spec.history)
+            self.update = self.optimizer.step
         else:
             import_off_the_stack("torch._dynamo")  # torch.optim imports it on first use
-            kind = {"fused": True, "capturable": spec.graph == "cuda"} if device.type == "cuda" else {"foreach": True}
-            adam = torch.optim.Adam([x], lr=spec.learning_rate, **kind)
-
-            def update(grad: torch.Tensor) -> None:
-                x.grad = grad.to(x.dtype)
-                adam.step()
-
-            self.update = update
+            self._adam(x)
         # L-BFGS without a line search does not descend monotonically: a step can overshoot and the loss
         # rise for a few iterations. The run returns the best iterate it evaluated, tracked on the device
         # (torch.where, no host read), so that a late rise does not become the output.
@@ -185,6 +181,48 @@ class _Run:
         # What a callback sees: the iterate just evaluated (the update that follows it moves x).
         self.shown = torch.empty_like(self.best) if show else None
         self.replay = _captured(self._step) if spec.graph == "cuda" else None
+
+    def _adam(self, x: torch.Tensor, state: dict | None = None) -> None:
+        """Adam on ``x`` (with ``state``, another Adam's per-parameter state, to go on from)."""
+        fused = (
+            {"fused": True, "capturable": self.spec.graph == "cuda"} if x.device.type == "cuda" else {"foreach": True}
+        )
+        adam = torch.optim.Adam([x], lr=self.spec.learning_rate, **fused)
+        if state is not None:
+            adam.state[x] = state
+        self.optimizer = adam
+
+        def update(grad: torch.Tensor) -> None:
+            x.grad = grad.to(x.dtype)
+            adam.step()
+
+        self.update = update
+
+    def keep(self, rows: list[int]) -> None:
+        """Go on with the batch's images ``rows`` only (the others were cancelled). Each keeps its
+        iterate, optimizer state and best iterate, and no term of the loss mixes images, so each one's
+        trajectory goes on as it would have (to the rounding of a smaller batch's convolutions)."""
+        index = torch.tensor(rows, device=self.x.device)
+        old = self.x
+        x = old.detach().index_select(0, index).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        self.x = x
+        ev = self.evaluate
+        self.evaluate = Evaluator(
+            ev.model, ev.loss_fn.select(rows), x, ev.precision, ev.checkpoint, ev.compile, ev.autocast_cache, True
+        )
+        if isinstance(self.optimizer, BatchedLBFGS):
+            self.optimizer.keep(rows, x)
+            self.update = self.optimizer.step
+        else:  # Adam: its moments are elementwise, so a batch's rows are each image's own
+            state = {
+                k: v.index_select(0, index) if isinstance(v, torch.Tensor) and v.dim() else v
+                for k, v in self.optimizer.state[old].items()
+            }
+            self._adam(x, state)
+        self.best = self.best.index_select(0, index)
+        self.best_loss = self.best_loss.index_select(0, index)
+        if self.shown is not None:
+            self.shown = self.shown.index_select(0, index)
 
     def _step(self, apply_update: bool):
         loss, terms, grad, each = self.evaluate()
@@ -216,14 +254,26 @@ def optimize(
     stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Optimize ``image`` for ``spec.steps`` loss evaluations, or until ``stop()`` or a plateau of the
-    loss (``spec.tol``); return the best iterate, clamped to [0, 1]."""
+    loss (``spec.tol``); return the best iterate, clamped to [0, 1]. A batch's image whose token in
+    ``stop`` (a :class:`~nst_fast.control.Stop` with ``members``) is cancelled leaves the run between
+    two iterations, and the others go on without it (its row of the result is its best iterate then)."""
     run = _Run(model, loss_fn, image, spec, show=callback is not None)
     plateau = Plateau(spec.tol)
     check_every = 1 if image.device.type == "cpu" else 50
+    batch = image.shape[0]
+    positions = list(range(batch))  # the batch's images the run still holds
+    wanted = getattr(stop, "wanted", None) if batch > 1 else None
+    result = None  # the whole batch's best iterates, once an image has left
     start = time.perf_counter()
     for n in range(1, spec.steps + 1):
         if stop is not None and stop():
             break
+        if wanted is not None and (still := wanted(positions)) != positions:
+            if result is None:
+                result = run.best.clone()
+            result[positions] = run.best
+            run.keep([positions.index(p) for p in still])
+            positions = still
         last = n == spec.steps
         loss, terms = run.iterate(n, last)
         if n % check_every == 0 or last:
@@ -231,9 +281,13 @@ def optimize(
             if not math.isfinite(value):
                 raise DivergedError(f"the loss became {value} by step {n}; lower --lr, or the weights")
         if callback is not None:
-            callback(Iterate(n, spec.steps, loss, terms, time.perf_counter() - start, run.shown))
+            indices = tuple(positions) if batch > 1 else None
+            callback(Iterate(n, spec.steps, loss, terms, time.perf_counter() - start, run.shown, indices=indices))
         if plateau.reached(n, run.best_loss):
             break
+    if result is not None:
+        result[positions] = run.best
+        return result.clamp_(0, 1).contiguous()
     return run.best.clamp_(0, 1).contiguous()
 
 

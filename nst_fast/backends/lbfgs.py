@@ -191,6 +191,16 @@ class BatchedLBFGS:
         self.cos_min = max(1e-2, 3.0 / n**0.5)  # as DeviceLBFGS._curvature_is_real, per image
         self.k = 0
 
+    def keep(self, rows: list[int], param: torch.Tensor) -> None:
+        """Go on with images ``rows`` only, whose tensor is now ``param`` (the others left the batch):
+        each keeps its own curvature pairs and scale, so its trajectory is the one it had."""
+        index = torch.tensor(rows, device=self.param.device)
+        self.param = param
+        self.s, self.y = self.s.index_select(1, index), self.y.index_select(1, index)
+        self.rho, self.alpha = self.rho.index_select(1, index), self.alpha.index_select(1, index)
+        self.h_diag = self.h_diag.index_select(0, index)
+        self.prev_grad, self.prev_param = self.prev_grad.index_select(0, index), self.prev_param.index_select(0, index)
+
     @torch.no_grad()
     def step(self, grad: torch.Tensor) -> None:
         """One L-BFGS update of every image from its gradient (``grad``, shaped like ``param``)."""
