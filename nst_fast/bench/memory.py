@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import tempfile
@@ -26,6 +27,7 @@ class PeakMemory:
         self.device = device
         self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"
         self.peak_mb: float | None = None
+        self._segments: list[float | None] = []  # peaks of the parts before each paused block
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -35,12 +37,29 @@ class PeakMemory:
             self._base = _reset_peak_rss()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def _peak_so_far(self) -> float | None:
         if self.device.type == "cuda":
-            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
-        elif self._base is not None:
-            peak = process_status_kb("VmHWM")
-            self.peak_mb = None if peak is None else (peak - self._base) / 1024
+            return (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
+        peak = process_status_kb("VmHWM") if self._base is not None else None
+        return None if peak is None else (peak - self._base) / 1024
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Memory used within this block (and freed by its end) is not counted: the peak so far is kept,
+        and the peak counter restarts after the block — for a probe measured beside the work."""
+        self._segments.append(self._peak_so_far())
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                synchronize(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+            elif self._base is not None:
+                _reset_peak_rss()
+
+    def __exit__(self, *exc) -> None:
+        peaks = [p for p in [*self._segments, self._peak_so_far()] if p is not None]
+        self.peak_mb = max(peaks) if peaks else None
 
 
 def _reset_peak_rss() -> int | None:

@@ -10,6 +10,7 @@ unused; far below, the time goes elsewhere (memory traffic, small layers, overhe
   grown until one product is long enough to time (capped per device), each timed in rounds long enough
   to time (about ``round_seconds``), after warm-up, median of ``rounds``, the device synchronised; the
   best side's median is the peak;
+- :func:`probe`: a short measurement of one side, taken beside each timed round of a configuration;
 - :func:`measure_bandwidth`: a large copy's bytes moved per second (read and write), the memory side;
 - :func:`efficiency`: a step measurement's FLOPs, achieved FLOP/s and fraction of peak.
 """
@@ -138,6 +139,27 @@ def measure_peak(
     return Peak(precision, str(dtype).replace("torch.", ""), str(dev), best, per_round, rounds, median, rates, by_side)
 
 
+def probe(precision: str, side: int, device: str | torch.device, seconds: float = 0.2) -> float:
+    """FLOP/s of ``side``² products in ``precision`` for about ``seconds``: a short peak measurement to
+    take beside each timed round of other work, so that a fraction of peak compares two figures of the
+    same moment (this project's CPU drifts 5-20% over minutes, and both figures drift together:
+    benchmarks/NOTES.md §14). Its matrices are freed on return."""
+    dev = torch.device(device)
+    dtype = MATMUL_DTYPES[precision]
+    gen = torch.Generator().manual_seed(0)
+    with _tf32(precision == "tf32", dev), torch.no_grad():
+        a = torch.rand(side, side, generator=gen).to(dev, dtype)
+        b = torch.rand(side, side, generator=gen).to(dev, dtype)
+        out = torch.empty(side, side, dtype=dtype, device=dev)
+
+        def product():
+            torch.mm(a, b, out=out)
+
+        one = _seconds(product, dev, 1)  # (also the warm-up)
+        count = max(1, math.ceil(seconds / max(one, 1e-9)))
+        return 2 * side**3 * count / _seconds(product, dev, count)
+
+
 def measure_peaks(precisions, device: str | torch.device = "cpu", **kwargs) -> dict[str, Peak]:
     """:func:`measure_peak` for each distinct precision (TF32 only on CUDA), in the order given."""
     dev = torch.device(device)
@@ -160,18 +182,30 @@ def measure_bandwidth(device: str | torch.device = "cpu", mib: int | None = None
 
 
 def efficiency(
-    height: int, width: int, seconds: float, precision: str, peaks: dict[str, Peak], options: Options | None = None
+    height: int,
+    width: int,
+    seconds: float,
+    precision: str,
+    peaks: dict[str, Peak],
+    options: Options | None = None,
+    rounds: list[float] | None = None,
+    beside: list[float] | None = None,
 ) -> dict:
     """One iteration's FLOPs at ``height``×``width`` (the default loss layers, unless ``options``), the FLOP/s
-    achieved when it takes ``seconds``, and its fraction of the peak measured in ``precision`` (None
-    where that precision's peak was not measured)."""
+    achieved when it takes ``seconds``, and its fraction of peak: with ``beside`` (the peak probed just
+    before each of the ``rounds``, in seconds), the median of each round's FLOP/s over its own probe;
+    else against the peak measured in ``precision`` (None where it was not measured)."""
     work = options_flops(options or Options(), height, width)
     achieved = work.total / seconds
     peak = peaks.get(precision)
+    fraction = achieved / peak.flops_per_s if peak else None
+    if beside and rounds and len(beside) == len(rounds):
+        fraction = statistics.median(work.total / t / p for t, p in zip(rounds, beside))
     return {
         "flops_per_iteration": work.total,
         "flops": work.as_dict(),
         "achieved_flops_per_s": achieved,
-        "peak_precision": precision if peak else None,
-        "fraction_of_peak": achieved / peak.flops_per_s if peak else None,
+        "peak_precision": precision if peak or beside else None,
+        "peak_beside_flops_per_s": statistics.median(beside) if beside else None,
+        "fraction_of_peak": fraction,
     }

@@ -77,7 +77,8 @@ def format_quality(rows: list[Throughput]) -> str:
 
 def measurement_efficiency(m: Measurement, peaks: dict[str, Peak]) -> dict:
     """A step measurement's FLOPs per iteration, achieved FLOP/s and fraction of its precision's peak."""
-    return efficiency(m.image[-2], m.image[-1], m.ms_median / 1000, m.precision, peaks)
+    rounds = [ms / 1000 for ms in m.ms_all]
+    return efficiency(m.image[-2], m.image[-1], m.ms_median / 1000, m.precision, peaks, None, rounds, m.peak_beside)
 
 
 def result_rows(results: list[Measurement], peaks: dict[str, Peak] | None = None) -> list[dict]:
@@ -132,7 +133,10 @@ def workload_description(
         "options": jsonable_options(options or Options()),
         "flops": "per iteration and image: convolutions forward and backward to the input (no weight gradients), "
         "Gram matrices forward and backward as full products, elementwise work (nst_fast.bench.flops)",
-        "peak": "per precision, the best median FLOP/s of square matrix products at several sides (768 doubling, none a power of two), after warm-up (nst_fast.bench.peak)",
+        "peak": "per precision, the best median FLOP/s of square matrix products at several sides (768 doubling, "
+        "none a power of two), after warm-up; then probed at that side just before every timed round of a "
+        "configuration, whose fraction of peak is the median over its rounds of its FLOP/s over the probe "
+        "before it (nst_fast.bench.peak)",
         "iteration": iteration,
         "quality": quality,
     }

@@ -24,6 +24,7 @@ from ..plan import resolve_device
 from ..stylizer import Stylizer
 from .machine import default_images, synchronize
 from .memory import PeakMemory
+from .peak import probe
 
 
 @dataclass
@@ -40,6 +41,10 @@ class Measurement:
     peak_memory_mb: float | None
     memory_kind: str
     loss: float
+    # The precision's matrix-product FLOP/s probed just before each timed round (``peak_side``², not
+    # counted in the memory): what the fraction of peak compares each round with.
+    peak_side: int | None = None
+    peak_beside: list[float] | None = None
 
     @property
     def iterations_per_second(self) -> float:
@@ -63,8 +68,11 @@ def measure_step(
     warmup: int = 2,
     images: tuple[torch.Tensor, torch.Tensor] | None = None,
     graph: str = "auto",
+    peak_side: int | None = None,
 ) -> Measurement:
-    """Median time of one optimization iteration of ``backend`` in ``precision`` at ``size`` px."""
+    """Median time of one optimization iteration of ``backend`` in ``precision`` at ``size`` px; with
+    ``peak_side``, each timed round follows a short probe of the precision's matrix-product peak at that
+    side (:func:`~nst_fast.bench.peak.probe`)."""
     dev = resolve_device(device)
     available = configurations(dev, list(BACKENDS))
     if (backend, precision) not in available:
@@ -81,8 +89,11 @@ def measure_step(
         for _ in range(warmup):
             step()
         synchronize(dev)
-        times = []
+        times, beside = [], []
         for _ in range(rounds):
+            if peak_side is not None:
+                with memory.paused():
+                    beside.append(probe(precision, peak_side, dev))
             start = time.perf_counter()
             loss = step()
             synchronize(dev)
@@ -98,16 +109,32 @@ def measure_step(
         memory.peak_mb,
         memory.kind,
         float(loss),
+        peak_side,
+        beside or None,
     )
 
 
 def measure_step_isolated(
-    backend: str, precision: str, size: int, device: str, rounds: int, warmup: int, graph: str = "auto"
+    backend: str,
+    precision: str,
+    size: int,
+    device: str,
+    rounds: int,
+    warmup: int,
+    graph: str = "auto",
+    peak_side: int | None = None,
 ) -> Measurement:
     """:func:`measure_step` in a fresh Python process (for a CPU's peak-memory figure: memory that the C
     allocator has taken is not given back, and would hide the next configuration's peak)."""
     arguments = dict(
-        backend=backend, precision=precision, size=size, device=device, rounds=rounds, warmup=warmup, graph=graph
+        backend=backend,
+        precision=precision,
+        size=size,
+        device=device,
+        rounds=rounds,
+        warmup=warmup,
+        graph=graph,
+        peak_side=peak_side,
     )
     out = subprocess.run(
         [sys.executable, "-m", "nst_fast.bench", json.dumps(arguments)], capture_output=True, text=True
@@ -126,18 +153,22 @@ def run(
     warmup: int = 2,
     progress=None,
     graph: str = "auto",
+    peak_sides: dict[str, int] | None = None,
 ) -> list[Measurement]:
-    """Every (backend, precision) × size, smallest size first; on a CPU each in a process of its own."""
+    """Every (backend, precision) × size, smallest size first; on a CPU each in a process of its own.
+    ``peak_sides`` ({precision: side}, e.g. each measured peak's best side) adds a peak probe beside
+    every timed round of the configurations in those precisions."""
     dev = resolve_device(device)
     isolate = dev.type == "cpu"
     images = None if isolate else default_images()
     results = []
     for backend, precision in configurations(dev, backends):
         for size in sorted(sizes):
+            side = (peak_sides or {}).get(precision)
             if isolate:
-                m = measure_step_isolated(backend, precision, size, device, rounds, warmup, graph)
+                m = measure_step_isolated(backend, precision, size, device, rounds, warmup, graph, side)
             else:
-                m = measure_step(backend, precision, size, device, rounds, warmup, images, graph)
+                m = measure_step(backend, precision, size, device, rounds, warmup, images, graph, side)
             results.append(m)
             if progress is not None:
                 progress(m)

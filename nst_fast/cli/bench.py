@@ -173,7 +173,8 @@ def run_bench(args: argparse.Namespace) -> int:
             f"measuring {names} at {', '.join(map(str, sorted(sizes)))} px ({args.warmup} warm-up + "
             f"{args.rounds} timed iterations each)"
         )
-        results = bench.run(sizes, backends, args.device, args.rounds, args.warmup, graph=args.graph)
+        sides = {p: peak.side for p, peak in peaks.items()}  # a probe beside every timed round
+        results = bench.run(sizes, backends, args.device, args.rounds, args.warmup, graph=args.graph, peak_sides=sides)
         record["results"] = bench.result_rows(results, peaks)
         save()
         if not args.quiet:
