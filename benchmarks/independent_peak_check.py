@@ -135,7 +135,8 @@ def benchmark_from_file(args) -> dict:
     for r in record["results"]:
         if (r["backend"], r["precision"], r["size"]) == ("torch", args.precision, args.size):
             keys = ("fraction_of_peak", "flops_per_iteration", "achieved_flops_per_s", "ms_median")
-            return {"source": args.against, **{k: r.get(k) for k in keys}}
+            peak = r.get("peak_beside_flops_per_s")  # the probes beside its rounds (their median)
+            return {"source": args.against, **{k: r.get(k) for k in keys}, "peak_flops_per_s": peak}
     raise SystemExit(f"{args.against}: no torch {args.precision} row at {args.size} px")
 
 

@@ -288,6 +288,31 @@ def serve_load_tables(path: Path, data: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _gflops(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e9:.0f}"
+
+
+def independent_check_tables(path: Path, data: dict) -> list[str]:
+    """benchmarks/independent_peak_check.py's two figures of the fraction of peak, and their difference."""
+    mine, theirs = data["independent"], data["benchmark"]
+    lines = [
+        f"### Independent check of the fraction of peak (`{path.name}`, {data['machine'].get('host_cpu', '')})",
+        "",
+        "| figure | source | GFLOP / iteration | ms / iteration | peak GFLOP/s | fraction of peak |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+        f"| independent | FLOP counter, torch.utils.benchmark, best of {len(mine['peak_flops_per_s_by_side'])} "
+        f"product sides | {mine['flops_per_iteration'] / 1e9:.1f} | {mine['seconds_per_iteration'] * 1e3:.1f} "
+        f"| {mine['peak_flops_per_s'] / 1e9:.0f} | {mine['fraction_of_peak']:.3f} |",
+        f"| nst-fast bench | {theirs['source']} | {theirs['flops_per_iteration'] / 1e9:.1f} "
+        f"| {theirs['ms_median']:.1f} | {_gflops(theirs.get('peak_flops_per_s'))} "
+        f"| {theirs['fraction_of_peak']:.3f} |",
+        "",
+        f"Difference {data['difference']:+.3f} (tolerance ±{data['tolerance']}); {mine['precision']} at "
+        f"{mine['size']} px, {mine['device']}.",
+    ]
+    return [*lines, ""]
+
+
 def schedule_tables(path: Path, data: dict) -> list[str]:
     """benchmarks/schedule.py's records: each schedule's time and output loss against the reference bar."""
     from schedule import table  # benchmarks/schedule.py, beside this file
@@ -336,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             lines += schedule_tables(path, data)
         elif "runs" in data:
             lines += serve_load_tables(path, data)
+        elif "independent" in data:
+            lines += independent_check_tables(path, data)
         else:
             lines += bench_tables(path, data) if "results" in data else pytest_benchmark_tables(path, data)
         if is_bench_record(data):
