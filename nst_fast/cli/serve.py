@@ -1,4 +1,5 @@
-"""``nst-fast serve``: run the HTTP service (needs the ``serve`` extra; imported only when it runs)."""
+"""``nst-fast serve``: run the HTTP service (needs the ``serve`` extra; imported only when it runs); with
+``--ray``, as Ray Serve replicas (:mod:`nst_fast.distributed.replicas`, the ``ray`` extra)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from ..errors import OptionsError
 from ..options import Options
-from .common import EXIT_FAILURE, ArgumentParser, add_option_flags, options_from
+from .common import EXIT_FAILURE, ArgumentParser, add_option_flags, check_at_least, options_from
 
 EXTRA_MISSING = 'nst-fast serve needs the serve extra: pip install "nst-fast[serve]"'
 # Options fields the server sets itself (its own flags below), not job defaults.
@@ -25,7 +26,9 @@ EPILOG = """\
 examples:
   nst-fast serve                                  # http://127.0.0.1:8000/, data in ./nst-fast-data
   nst-fast serve --port 8080 --data-dir /var/lib/nst-fast --token "$(openssl rand -hex 16)"
-  nst-fast serve --device cuda --batch-size 8 --size 768 --max-queue 500"""
+  nst-fast serve --device cuda --batch-size 8 --size 768 --max-queue 500
+  nst-fast serve --ray --replicas 2 --replica-cpus 4    # Ray Serve replicas on a local Ray
+  nst-fast serve --ray auto --data-dir /shared/nst-fast # one replica per GPU of this machine's cluster"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +85,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="on SIGTERM, seconds running jobs get to finish (default: %(default)s)",
     )
+    ray = parser.add_argument_group(
+        'Ray Serve replicas (needs pip install "nst-fast[ray]")',
+        "Several replicas serve as one service: the jobs are in one database (held by an actor on this node), "
+        "and --data-dir must be reachable at the same path on every node.",
+    )
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="serve from Ray Serve replicas: alone, on a Ray started here; 'auto', this machine's cluster; "
+        "HOST:PORT or ray://HOST:10001, that cluster",
+    )
+    ray.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        metavar="N",
+        help="replicas (default: one per GPU, else as many as the CPUs hold at --replica-cpus each)",
+    )
+    ray.add_argument(
+        "--replica-cpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPUs per replica on CPU nodes, and torch threads in it (default: 4, or the largest node's count)",
+    )
     group = parser.add_argument_group("job defaults (also nst_fast.Options fields; a request's options change them)")
     add_option_flags(group, tuple(f.name for f in dataclasses.fields(Options) if f.name not in SERVER_FIELDS))
     return parser
@@ -93,7 +124,13 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"nst-fast: error: {EXTRA_MISSING} ({e.name} is missing)", file=sys.stderr)
         return EXIT_FAILURE
+    if args.ray is None and (args.replicas is not None or args.replica_cpus is not None):
+        raise OptionsError("--replicas and --replica-cpus go with --ray")
+    check_at_least("--replicas", args.replicas, 1)
+    check_at_least("--replica-cpus", args.replica_cpus, 1)
     devices = tuple(d.strip() for d in args.device.split(",") if d.strip())
+    if args.ray is not None and len(devices) != 1:
+        raise OptionsError("with --ray, --device is one of auto, cpu or cuda: each replica has one device")
     token = args.token if args.token is not None else os.environ.get("NST_FAST_TOKEN") or None
     try:
         config = ServeConfig(
@@ -118,4 +155,17 @@ def run(args: argparse.Namespace) -> int:
         raise OptionsError("--" + str(e).replace("_", "-")) from None
     if not 0 <= args.port <= 65535:
         raise OptionsError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.ray is not None:
+        from ..distributed.cluster import check_serve_installed
+
+        check_serve_installed()  # before importing Ray Serve, with the install command
+        from ..distributed.replicas import LEASE, LEASE_ENV, serve_replicas
+
+        return serve_replicas(
+            config,
+            address=None if args.ray == "local" else args.ray,
+            replicas=args.replicas,
+            replica_cpus=args.replica_cpus,
+            lease=float(os.environ.get(LEASE_ENV, LEASE)),
+        )
     return serve(config)

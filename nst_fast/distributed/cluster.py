@@ -23,6 +23,23 @@ def check_installed() -> None:
         raise OptionsError(f"stylizing on Ray needs Ray Data, which is not installed: {INSTALL}")
 
 
+MIN_RAY_SERVE = (2, 60)  # nst-fast serve --ray: serve.ingress() with the app built in each replica
+
+
+def check_serve_installed() -> None:
+    """Raise :class:`OptionsError`, with the install command, unless Ray Serve (recent enough) is installed."""
+    check_installed()
+    if importlib.util.find_spec("ray.serve") is None:
+        raise OptionsError(f"nst-fast serve --ray needs Ray Serve, which is not installed: {INSTALL}")
+    from importlib.metadata import version
+
+    installed = version("ray")
+    if tuple(int(p) for p in installed.split(".")[:2] if p.isdigit()) < MIN_RAY_SERVE:
+        raise OptionsError(
+            f"nst-fast serve --ray needs Ray {'.'.join(map(str, MIN_RAY_SERVE))} or later, not {installed}: {INSTALL}"
+        )
+
+
 @contextmanager
 def connected(address: str | None, init_args: dict | None = None) -> Iterator[object]:
     """The ``ray`` module, connected: to the Ray this process is connected to already (left so), else to
@@ -60,13 +77,17 @@ class ActorResources:
         return f"{self.actors} actor{'s' if self.actors > 1 else ''} × {where}"
 
 
-def actor_resources(ray, options: Options, actors: int | None, actor_cpus: int | None, tasks: int) -> ActorResources:
+def actor_resources(
+    ray, options: Options, actors: int | None, actor_cpus: int | None, tasks: int, role: str = "actor"
+) -> ActorResources:
     """One GPU per actor where the cluster has GPUs and the options allow them (``--device auto`` or
     ``cuda``), as many actors as GPUs; else ``actor_cpus`` CPUs each (default: :data:`DEFAULT_ACTOR_CPUS`,
     or the largest node's CPUs if fewer), as many actors as the cluster's CPUs hold. Never more actors
     than ``tasks``. More actors than the cluster holds now is allowed (an autoscaling cluster grows):
-    the pool starts with what fits and grows with the cluster."""
-    for name, value in (("--actors", actors), ("--actor-cpus", actor_cpus)):
+    the pool starts with what fits and grows with the cluster. ``role`` names the actors in messages,
+    and their flags (``--actors``/``--actor-cpus``; ``"replica"``: ``--replicas``/``--replica-cpus``)."""
+    count_flag, cpus_flag = f"--{role}s", f"--{role}-cpus"
+    for name, value in ((count_flag, actors), (cpus_flag, actor_cpus)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise OptionsError(f"{name} must be a positive integer, got {value!r}")
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive", n.get("alive", False))]
@@ -74,7 +95,7 @@ def actor_resources(ray, options: Options, actors: int | None, actor_cpus: int |
     node_gpus = [int(r.get("GPU", 0)) for r in nodes]
     device = options.device
     if device.startswith("cuda") and ":" in device:
-        raise OptionsError(f"on Ray each actor sees only the GPU it was given: use --device cuda, not {device}")
+        raise OptionsError(f"on Ray each {role} sees only the GPU it was given: use --device cuda, not {device}")
     use_gpus = device == "cuda" or (device == "auto" and sum(node_gpus) > 0)
     if use_gpus and sum(node_gpus) == 0:
         raise OptionsError("--device cuda asks for GPUs, but the Ray cluster has none; use --device cpu or auto")
@@ -87,9 +108,10 @@ def actor_resources(ray, options: Options, actors: int | None, actor_cpus: int |
         fits = sum(c // cpus for c in node_cpus)
     if fits == 0:
         what = f"1 GPU and {cpus} CPUs" if use_gpus else f"{cpus} CPUs"
+        article = "an" if role[0] in "aeiou" else "a"
         raise OptionsError(
-            f"no node of the Ray cluster has {what} for an actor (the largest has {max(node_cpus, default=0)} "
-            "CPUs); lower --actor-cpus"
+            f"no node of the Ray cluster has {what} for {article} {role} (the largest has "
+            f"{max(node_cpus, default=0)} CPUs); lower {cpus_flag}"
         )
     count = max(1, min(actors or fits, tasks))
     return ActorResources(

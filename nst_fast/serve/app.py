@@ -144,7 +144,7 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
     # Jobs.
 
     async def submit(request: Request):
-        service.check_accepting()  # before reading the uploads
+        await run_in_threadpool(service.check_accepting)  # before reading the uploads
         async with _form(request) as form:
             content = await _file(form, "content", config, required=True)
             style = await _file(form, "style", config, required=False)
@@ -194,6 +194,7 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
         job = await submit(request)
         stream = service.hub.open(job.id)
         try:
+            await service.hub.opened(stream)
             final = await _wait_final(service, stream, job.id, wait, request)
         finally:
             service.hub.close(stream)
@@ -207,8 +208,9 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
                 raise ApiError(504, f"job {job.id} was not done within {wait:g} s; it was cancelled")
             final = job.status
         if final == DONE:
-            return _image_response(service.result(job.id), format, headers={"X-Job-Id": job.id})
-        job = service.job(job.id)
+            path = await run_in_threadpool(service.result, job.id)
+            return _image_response(path, format, headers={"X-Job-Id": job.id})
+        job = await run_in_threadpool(service.job, job.id)
         if final == "end":
             raise ApiError(503, f"the server is shutting down; job {job.id} stays queued", {"Retry-After": "30"})
         status = 409 if job.status == CANCELLED else 504 if "timed out" in (job.error or "") else 500
@@ -254,8 +256,9 @@ async def _event_stream(service: Service, job_id: str, preview: int | None):
     nothing between the two is missed, and closed however the response ends (a client gone included)."""
     stream = service.hub.open(job_id, preview)
     try:
+        await service.hub.opened(stream)
         job = await run_in_threadpool(service.job, job_id)
-        yield _sse("status", service.view(job))
+        yield _sse("status", await run_in_threadpool(service.view, job))
         if job.status in FINISHED:
             return
         if service.draining:

@@ -54,11 +54,20 @@ class EventHub:
         self._streams: dict[str, set[Stream]] = collections.defaultdict(set)
 
     def open(self, job_id: str, preview_every: int | None = None) -> Stream:
-        """A stream of ``job_id``'s events from now on; call in the event loop, and :meth:`close` it."""
+        """A stream of ``job_id``'s events from now on; call in the event loop, await :meth:`opened`, and
+        :meth:`close` it."""
         stream = Stream(job_id, asyncio.get_running_loop(), preview_every)
         with self._lock:
             self._streams[job_id].add(stream)
         return stream
+
+    async def opened(self, stream: Stream) -> None:
+        """Once this returns, ``stream`` receives every event published from then on (here at once; a
+        hub shared between processes waits for its subscription)."""
+
+    def last_progress(self, job_id: str) -> dict | None:
+        """The last progress of a job running elsewhere (a hub shared between processes); None here."""
+        return None
 
     def close(self, stream: Stream) -> None:
         with self._lock:

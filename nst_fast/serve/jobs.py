@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     step INTEGER NOT NULL DEFAULT 0,
     loss REAL,
     error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0     -- runs started (more than one after an interruption)
+    attempts INTEGER NOT NULL DEFAULT 0,    -- runs started (more than one after an interruption)
+    owner TEXT                              -- the worker running it (Ray Serve replicas); NULL: this process's
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS styles (
@@ -69,6 +70,23 @@ class Job:
     loss: float | None
     error: str | None
     attempts: int
+    owner: str | None = None  # who claimed it (a replica, with Ray Serve); None in one process
+
+
+def view(job: Job, progress: dict | None = None) -> dict:
+    """A job's record as the API shows it; ``progress`` (step, total, loss, elapsed, eta) while it runs."""
+    if progress is None:
+        ran = job.finished - job.started if job.finished and job.started else None
+        progress = {"step": job.step, "total": job.total, "loss": job.loss, "elapsed": ran, "eta": None}
+    return {
+        "id": job.id,
+        "status": job.status,
+        **progress,
+        "error": job.error,
+        "created": job.created,
+        "style_id": job.style_id,
+        "attempts": job.attempts,
+    }
 
 
 @dataclass(frozen=True)
@@ -82,7 +100,7 @@ class StyleRecord:
 
 _JOB_COLUMNS = (
     "id, status, created, started, finished, style_id, style_sha, options, batch_key, height, width, total, step, loss, "
-    "error, attempts"
+    "error, attempts, owner"
 )
 
 
@@ -93,7 +111,14 @@ def _job(row) -> Job:
 
 
 class JobStore:
-    """The jobs and styles tables; every method is one transaction, safe from any thread."""
+    """The jobs and styles tables; every method is one transaction, safe from any thread.
+
+    ``owner`` arguments are for workers in several processes sharing one store (Ray Serve replicas,
+    :mod:`nst_fast.distributed.shared`): a claimed job records its owner, and an owner finishes or
+    requeues only jobs that are still its own. In one process, owners are None and never checked.
+    """
+
+    owner: str | None = None  # the workers of this process claim as no one in particular
 
     def __init__(self, path: str | Path):
         self._lock = threading.Lock()
@@ -101,6 +126,9 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a 202 means the job survives a crash
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "owner" not in columns:  # a database from before owners
+            self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -119,7 +147,7 @@ class JobStore:
                 if queued >= max_queued:
                     return False
             db.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 17)})",
                 (
                     job.id,
                     job.status,
@@ -137,6 +165,7 @@ class JobStore:
                     job.loss,
                     job.error,
                     job.attempts,
+                    job.owner,
                 ),
             )
         return True
@@ -159,9 +188,9 @@ class JobStore:
             rows = db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
         return {**dict.fromkeys(STATUSES, 0), **dict(rows)}
 
-    def claim(self, limit: int) -> list[Job]:
-        """Mark the oldest queued job running, with up to ``limit - 1`` more queued jobs of its batch key
-        (in queue order); return them, or an empty list when nothing is queued."""
+    def claim(self, limit: int, owner: str | None = None) -> list[Job]:
+        """Mark the oldest queued job running (by ``owner``), with up to ``limit - 1`` more queued jobs of its
+        batch key (in queue order); return them, or an empty list when nothing is queued."""
         now = time.time()
         with self._transaction() as db:
             first = db.execute(
@@ -178,52 +207,80 @@ class JobStore:
                 ids += [r[0] for r in rows]
             marks = ", ".join("?" * len(ids))
             db.execute(
-                f"UPDATE jobs SET status = ?, started = ?, step = 0, loss = NULL, attempts = attempts + 1 "
+                f"UPDATE jobs SET status = ?, started = ?, step = 0, loss = NULL, attempts = attempts + 1, owner = ? "
                 f"WHERE id IN ({marks})",
-                (RUNNING, now, *ids),
+                (RUNNING, now, owner, *ids),
             )
             rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY seq", ids).fetchall()
         return [_job(r) for r in rows]
 
     def finish(
-        self, job_id: str, status: str, error: str | None = None, step: int | None = None, loss: float | None = None
+        self,
+        job_id: str,
+        status: str,
+        error: str | None = None,
+        step: int | None = None,
+        loss: float | None = None,
+        owner: str | None = None,
     ) -> bool:
-        """Set an unfinished job's final status; False when it was finished already (cancelled meanwhile)."""
+        """Set an unfinished job's final status; False when it was finished already (cancelled meanwhile),
+        or, with ``owner``, when it is not running as that owner's any more."""
         assert status in FINISHED
+        mine = "" if owner is None else " AND status = 'running' AND owner = ?"
         with self._transaction() as db:
             cursor = db.execute(
                 "UPDATE jobs SET status = ?, finished = ?, error = ?, step = COALESCE(?, step), loss = COALESCE(?, loss) "
-                "WHERE id = ? AND status IN (?, ?)",
-                (status, time.time(), error, step, loss, job_id, *UNFINISHED),
+                f"WHERE id = ? AND status IN (?, ?){mine}",
+                (status, time.time(), error, step, loss, job_id, *UNFINISHED, *([] if owner is None else [owner])),
             )
             return cursor.rowcount == 1
 
-    def requeue(self, job_ids: list[str], undo_attempt: bool = False) -> int:
+    def requeue(self, job_ids: list[str], undo_attempt: bool = False, owner: str | None = None) -> int:
         """Put running jobs back in the queue, at their old places (a stopped run starts again);
-        ``undo_attempt``: they were claimed but not started."""
+        ``undo_attempt``: they were claimed but not started; ``owner``: only those still its own."""
         if not job_ids:
             return 0
+        mine = "" if owner is None else " AND owner = ?"
         with self._transaction() as db:
             cursor = db.execute(
-                f"UPDATE jobs SET status = ?, started = NULL, step = 0, loss = NULL, attempts = attempts - ? "
-                f"WHERE status = ? AND id IN ({', '.join('?' * len(job_ids))})",
-                (QUEUED, int(undo_attempt), RUNNING, *job_ids),
+                f"UPDATE jobs SET status = ?, started = NULL, step = 0, loss = NULL, attempts = attempts - ?, "
+                f"owner = NULL WHERE status = ? AND id IN ({', '.join('?' * len(job_ids))}){mine}",
+                (QUEUED, int(undo_attempt), RUNNING, *job_ids, *([] if owner is None else [owner])),
             )
             return cursor.rowcount
 
-    def requeue_interrupted(self, max_attempts: int) -> tuple[int, int]:
-        """At start-up: jobs left running by the last process go back in the queue, except those whose runs
-        were interrupted ``max_attempts`` times already (a job that kills the server must not do so forever),
-        which fail. Returns (requeued, failed)."""
+    def requeue_interrupted(self, max_attempts: int, live: set[str] | None = None) -> tuple[list[str], list[str]]:
+        """Jobs left running by workers that are gone go back in the queue — at start-up, every running job
+        (the last process's); with ``live``, those of owners not in it — except those whose runs were
+        interrupted ``max_attempts`` times already (a job that kills the server must not do so forever),
+        which fail. Returns the ids (requeued, failed)."""
         with self._transaction() as db:
-            failed = db.execute(
-                "UPDATE jobs SET status = ?, finished = ?, error = ? WHERE status = ? AND attempts >= ?",
-                (FAILED, time.time(), f"interrupted {max_attempts} times while running", RUNNING, max_attempts),
-            ).rowcount
-            requeued = db.execute(
-                "UPDATE jobs SET status = ?, started = NULL, step = 0, loss = NULL WHERE status = ?", (QUEUED, RUNNING)
-            ).rowcount
+            rows = db.execute("SELECT id, owner, attempts FROM jobs WHERE status = ?", (RUNNING,)).fetchall()
+            gone = [(i, a) for i, owner, a in rows if live is None or owner not in live]
+            failed = [i for i, a in gone if a >= max_attempts]
+            requeued = [i for i, a in gone if a < max_attempts]
+            if failed:
+                db.execute(
+                    f"UPDATE jobs SET status = ?, finished = ?, error = ? WHERE id IN ({', '.join('?' * len(failed))})",
+                    (FAILED, time.time(), f"interrupted {max_attempts} times while running", *failed),
+                )
+            if requeued:
+                db.execute(
+                    "UPDATE jobs SET status = ?, started = NULL, step = 0, loss = NULL, owner = NULL "
+                    f"WHERE id IN ({', '.join('?' * len(requeued))})",
+                    (QUEUED, *requeued),
+                )
         return requeued, failed
+
+    def running(self, owner: str | None = None) -> list[Job]:
+        """Running jobs (of ``owner``, if given), in queue order."""
+        mine = "" if owner is None else " AND owner = ?"
+        with self._transaction() as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ?{mine} ORDER BY seq",
+                (RUNNING, *([] if owner is None else [owner])),
+            ).fetchall()
+        return [_job(r) for r in rows]
 
     def expired(self, before: float) -> list[str]:
         """Finished jobs that finished before ``before`` (a time.time())."""

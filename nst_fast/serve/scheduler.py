@@ -10,6 +10,10 @@ images). So a job cancelled (``DELETE``) or past ``--job-timeout`` while its bat
 finished at once — its record set cancelled or failed, its stream told — and its image, still computed
 with the batch, is discarded at the end; the batch's run is stopped only when none of its jobs still
 wants it. On shutdown, runs not finished within the grace period are stopped and their jobs queued again.
+
+As a Ray Serve replica, the store is shared by the replicas and names this replica the owner of the jobs
+it claims; a job finished elsewhere meanwhile (cancelled through another replica) is dropped from its
+run with :meth:`Scheduler.abandon`, like a job cancelled here.
 """
 
 from __future__ import annotations
@@ -134,6 +138,22 @@ class Scheduler:
         with self._running_lock:
             return self._running.get(job_id)
 
+    def running_ids(self) -> list[str]:
+        """The jobs this process's workers run now (finished ones whose run goes on excepted)."""
+        with self._running_lock:
+            return [job_id for job_id, m in self._running.items() if not m.finished]
+
+    def abandon(self, job_ids) -> None:
+        """Drop jobs from their runs whose records were finished elsewhere (another process cancelled them,
+        or they are not this process's any more): their images are discarded, their records left as
+        they are, and a run that no job wants any more stops at its next iteration."""
+        for job_id in job_ids:
+            m = self.live(job_id)
+            if m is not None:
+                m.stop = m.stop or STOP_CANCEL
+                with m.lock:
+                    m.finished = True
+
     def retry_after(self) -> int:
         """Seconds after which a refused client may find room in the queue: about one batch's run."""
         return max(1, min(300, round(self._mean_run)))
@@ -147,7 +167,10 @@ class Scheduler:
         if running is not None:
             running.stop = running.stop or STOP_CANCEL
             return self._finish(running, CANCELLED, "cancelled by a client")
-        return self.service.finish_job(job_id, CANCELLED, "cancelled by a client")
+        progress = self.service.hub.last_progress(job_id) or {}  # of a run in another process (replicas)
+        return self.service.finish_job(
+            job_id, CANCELLED, "cancelled by a client", step=progress.get("step"), loss=progress.get("loss")
+        )
 
     # The workers.
 
@@ -167,7 +190,11 @@ class Scheduler:
             with self._wake:
                 if not self._claiming:
                     return
-            jobs = self._claim(device)
+            try:
+                jobs = self._claim(device)
+            except Exception:  # noqa: BLE001 — the store may be out of reach for a while (a shared one)
+                log.exception("claiming jobs failed; trying again in a second")
+                jobs = []
             if not jobs:
                 with self._wake:
                     if self._claiming:
@@ -195,13 +222,14 @@ class Scheduler:
     def _claim(self, device: torch.device) -> list[Job]:
         """The next batch: the oldest queued job and up to ``batch_size - 1`` compatible ones, as many as
         fit in memory together (the others go back in the queue, at their places)."""
-        jobs = self.service.store.claim(self.config.batch_size)
+        store = self.service.store
+        jobs = store.claim(self.config.batch_size, owner=store.owner)
         if len(jobs) > 1:
             options, shape = _options(jobs[0], device), (jobs[0].height, jobs[0].width)
             keep = len(jobs)
             while keep > 1 and not Plan.resolve(options, shape, device, keep).fits:
                 keep -= 1
-            self.service.store.requeue([j.id for j in jobs[keep:]], undo_attempt=True)
+            store.requeue([j.id for j in jobs[keep:]], undo_attempt=True, owner=store.owner)
             jobs = jobs[:keep]
         return jobs
 
@@ -258,7 +286,7 @@ class Scheduler:
                     return  # cancelled or timed out while its batch-mates ran: discarded
                 path = save_image(image, service.data.result(m.job.id))
                 m.step = m.job.total
-                if not self._finish(m, DONE):
+                if not self._finish(m, DONE) and not self._done_elsewhere(m.job.id):
                     path.unlink(missing_ok=True)
 
             if live:
@@ -288,7 +316,7 @@ class Scheduler:
                     self._running.pop(m.job.id, None)
                 self._cancels.remove(cancel)
             if requeued:
-                service.store.requeue(requeued)
+                service.store.requeue(requeued, owner=service.store.owner)
                 for job_id in requeued:
                     service.publish_status(job_id)
             seconds = time.perf_counter() - start
@@ -296,12 +324,22 @@ class Scheduler:
                 service.metrics.iteration_rate.set(iterations / seconds)
             self._mean_run = 0.8 * self._mean_run + 0.2 * seconds
 
+    def _done_elsewhere(self, job_id: str) -> bool:
+        """Whether another process sharing the store (a replica that took over the job after this one was
+        thought gone) finished the job done: then the result file, the same job's result, stays."""
+        if self.service.store.owner is None:
+            return False
+        job = self.service.store.get_job(job_id)
+        return job is not None and job.status == DONE
+
     def _finish(self, m: Running, status: str, error: str | None = None) -> bool:
         with m.lock:
             if m.finished:
                 return False
             m.finished = True
-        return self.service.finish_job(m.job.id, status, error, step=m.step, loss=m.loss, started=m.started)
+        return self.service.finish_job(
+            m.job.id, status, error, step=m.step, loss=m.loss, started=m.started, owner=self.service.store.owner
+        )
 
     def _preview(self, it, index: int, batch: int, m: Running) -> dict:
         """A small JPEG of job ``m``'s image (``index`` in a batch of ``batch``) at this iterate."""

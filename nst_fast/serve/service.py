@@ -3,6 +3,8 @@
 One :class:`Service` per app. It owns the data directory (:mod:`.storage`), the job store
 (:mod:`.jobs`), the style cache (:mod:`.styles`), the progress streams (:mod:`.events`), the metrics
 (:mod:`.metrics`) and the workers (:mod:`.scheduler`); the routes (:mod:`.app`) only translate HTTP.
+As Ray Serve replicas (:mod:`nst_fast.distributed.replicas`), each replica has a Service of its own
+whose job store and event hub are clients of one shared state (:mod:`nst_fast.distributed.shared`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..plan import resolve_device
 from .admission import ApiError, admit, request_options
 from .config import ServeConfig
 from .events import EventHub
-from .jobs import DONE, QUEUED, RUNNING, UNFINISHED, Job, JobStore, StyleRecord
+from .jobs import DONE, QUEUED, RUNNING, UNFINISHED, Job, JobStore, StyleRecord, view
 from .metrics import Metrics
 from .scheduler import Scheduler
 from .storage import DataDir
@@ -34,12 +36,14 @@ ORPHAN_AGE = 600.0  # seconds an unreferenced file is left alone (its request ma
 
 
 class Service:
-    def __init__(self, config: ServeConfig):
+    def __init__(self, config: ServeConfig, store: JobStore | None = None, hub: EventHub | None = None):
+        """``store`` and ``hub``: the job store and the event hub, when not this process's own (a SQLite
+        database in the data directory; streams of this process's workers only)."""
         self.config = config
         self.devices = [resolve_device(d) for d in config.devices]
         self.data = DataDir(config.data_dir)
-        self.store = JobStore(self.data.database)
-        self.hub = EventHub()
+        self.store = store if store is not None else JobStore(self.data.database)
+        self.hub = hub if hub is not None else EventHub()
         self.styles = StyleCache(config.style_cache, lambda result: self.metrics.style_lookups.labels(result).inc())
         self.metrics = Metrics(self)
         self.scheduler = Scheduler(self)
@@ -47,14 +51,22 @@ class Service:
         self.on_fatal: Callable[[str], object] = lambda message: None  # the server exits (set by .server)
         self._stop = threading.Event()
         self._janitor: threading.Thread | None = None
+        self._started = False
 
     # Lifecycle.
 
     def start(self) -> None:
+        """Requeue interrupted jobs, clean up, start the workers and the janitor (once: again does nothing)."""
+        if self._started:
+            return
+        self._started = True
         requeued, failed = self.store.requeue_interrupted(MAX_ATTEMPTS)
         if requeued or failed:
             log.warning(
-                "%d interrupted job(s) queued again, %d failed after %d interruptions", requeued, failed, MAX_ATTEMPTS
+                "%d interrupted job(s) queued again, %d failed after %d interruptions",
+                len(requeued),
+                len(failed),
+                MAX_ATTEMPTS,
             )
         self.clean_up()
         self.scheduler.start()
@@ -177,34 +189,25 @@ class Service:
         return job
 
     def view(self, job: Job) -> dict:
-        """A job's record as the API shows it, with its live progress while it runs."""
-        running = self.scheduler.live(job.id) if job.status == RUNNING else None
-        if running is not None:
-            progress = running.progress()
-        else:
-            ran = job.finished - job.started if job.finished and job.started else None
-            progress = {"step": job.step, "total": job.total, "loss": job.loss, "elapsed": ran, "eta": None}
-        return {
-            "id": job.id,
-            "status": job.status,
-            **progress,
-            "error": job.error,
-            "created": job.created,
-            "style_id": job.style_id,
-            "attempts": job.attempts,
-        }
+        """A job's record as the API shows it, with its live progress while it runs (here, or, as a replica,
+        on another replica: its last progress event)."""
+        progress = None
+        if job.status == RUNNING:
+            running = self.scheduler.live(job.id)
+            progress = running.progress() if running is not None else self.hub.last_progress(job.id)
+        return view(job, progress)
 
     def publish_status(self, job_id: str) -> None:
         job = self.store.get_job(job_id)
         if job is not None:
             self.hub.publish(job_id, "status", self.view(job))
 
-    def finish_job(self, job_id, status, error=None, step=None, loss=None, started=None) -> bool:
+    def finish_job(self, job_id, status, error=None, step=None, loss=None, started=None, owner=None) -> bool:
         """Give an unfinished job its final status, count it, and tell its streams; False when it had
-        finished already."""
+        finished already (or, with ``owner``, is no longer running as that owner's)."""
         if error is not None:  # the server's paths are its own
             error = " ".join(error.replace(f"{self.data.root}/", "").split())
-        if not self.store.finish(job_id, status, error, step=step, loss=loss):
+        if not self.store.finish(job_id, status, error, step=step, loss=loss, owner=owner):
             return False
         self.metrics.finished.labels(status).inc()
         job = self.store.get_job(job_id)
