@@ -288,6 +288,20 @@ def serve_load_tables(path: Path, data: dict) -> list[str]:
     return [*lines, ""]
 
 
+def ray_scaling_tables(path: Path, data: dict) -> list[str]:
+    """benchmarks/ray_scaling.py's runs: a collection in one process and on Ray with 1 and 2 actors."""
+    lines = [f"### A collection on Ray against one process (`{path.name}`)", "", f"`{data['command']}`", ""]
+    lines.append("| mode | round | images | wall s | images/s | first image after s | images/s after it |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in data["runs"]:
+        lines.append(
+            f"| {r['mode']} | {r['round']} | {r['images']} | {r['wall_s']:.1f} | {r['images_per_second']:.3f} "
+            f"| {r['startup_s']:.1f} | {r['steady_images_per_second']:.3f} |"
+        )
+    overheads = [f"{m} {v['overhead_s']:+.1f} s" for m, v in data["summary"].items() if "overhead_s" in v]
+    return [*lines, "", "Overhead against the plain mode (median wall times): " + ", ".join(overheads) + ".", ""]
+
+
 def _gflops(value: float | None) -> str:
     return "-" if value is None else f"{value / 1e9:.0f}"
 
@@ -359,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
             lines += sensitivity_tables(path, data)
         elif "records" in data:
             lines += schedule_tables(path, data)
+        elif "runs" in data and "summary" in data:
+            lines += ray_scaling_tables(path, data)
         elif "runs" in data:
             lines += serve_load_tables(path, data)
         elif "independent" in data:
