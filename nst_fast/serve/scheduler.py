@@ -4,12 +4,12 @@ Jobs are compatible when their style, options and planned shape at every scale a
 ``batch_key``, made at admission): a worker claims up to ``batch_size`` of them, as many as the batch's
 plan fits in memory, and optimizes them as one batch (:meth:`nst_fast.Stylizer.stylize_many`).
 
-Stopping a job inside a batch: the engine stops a run as a whole, between two iterations (a
-:class:`~nst_fast.Cancel` token and the ``max_time`` deadline belong to the run, not to one of its
-images). So a job cancelled (``DELETE``) or past ``--job-timeout`` while its batch-mates go on is
-finished at once — its record set cancelled or failed, its stream told — and its image, still computed
-with the batch, is discarded at the end; the batch's run is stopped only when none of its jobs still
-wants it. On shutdown, runs not finished within the grace period are stopped and their jobs queued again.
+Stopping a job inside a batch: each job's image has a token of its own
+(:meth:`~nst_fast.Stylizer.stylize_many`'s ``cancel_each``), cancelled once the job is cancelled
+(``DELETE``), past ``--job-timeout`` or finished elsewhere. Its record is finished at once (cancelled or
+failed, its stream told), and its image leaves the batch at the next iteration — its batch-mates go on
+without it, as they would have, and faster. On shutdown, runs not finished within the grace period are
+stopped as a whole (the batch's own token) and their jobs queued again.
 
 As a Ray Serve replica, the store is shared by the replicas and names this replica the owner of the jobs
 it claims; a job finished elsewhere meanwhile (cancelled through another replica) is dropped from its
@@ -67,18 +67,20 @@ class Running:
         return {"step": self.step, "total": total, "loss": self.loss, "elapsed": round(elapsed, 3), "eta": eta}
 
 
-class _BatchCancel(Cancel):
-    """The cancellation token of a batch's run: cancelled when set (shutdown), or when none of its jobs
-    still wants the run (each cancelled, timed out or finished)."""
+class _JobCancel(Cancel):
+    """One job's token in its batch's run: cancelled when set, or once the job no longer wants its image
+    (finished — cancelled here or elsewhere —, or past its deadline). A shutdown stops the whole run
+    instead (the batch's token), so that every job of it goes back in the queue."""
 
-    def __init__(self, members: list[Running]):
+    def __init__(self, member: Running):
         super().__init__()
-        self.members = members
+        self.member = member
 
     @property
     def cancelled(self) -> bool:
-        now = time.monotonic()
-        return super().cancelled or all(m.finished or m.stop or now >= m.deadline for m in self.members)
+        m = self.member
+        wanted = not m.finished and m.stop in (None, STOP_SHUTDOWN) and time.monotonic() < m.deadline
+        return super().cancelled or not wanted
 
 
 class Scheduler:
@@ -93,7 +95,7 @@ class Scheduler:
         self._claiming = True
         self._running: dict[str, Running] = {}
         self._running_lock = threading.Lock()
-        self._cancels: list[_BatchCancel] = []
+        self._cancels: list[Cancel] = []  # each running batch's own token (shutdown stops them)
         self._threads: list[threading.Thread] = []
         self._warmed = 0
         self._mean_run = 5.0  # seconds per batch, smoothed (for Retry-After)
@@ -145,8 +147,8 @@ class Scheduler:
 
     def abandon(self, job_ids) -> None:
         """Drop jobs from their runs whose records were finished elsewhere (another process cancelled them,
-        or they are not this process's any more): their images are discarded, their records left as
-        they are, and a run that no job wants any more stops at its next iteration."""
+        or they are not this process's any more): their images leave their runs at the next iteration,
+        their records are left as they are, and a run that no job wants any more stops."""
         for job_id in job_ids:
             m = self.live(job_id)
             if m is not None:
@@ -161,8 +163,8 @@ class Scheduler:
     # Cancellation.
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a queued or running job; False when it had finished already. A running job's run stops
-        at its next iteration, unless batch-mates still want it (then its image is discarded)."""
+        """Cancel a queued or running job; False when it had finished already. A running job's image
+        leaves its run at the next iteration (the run ends if no batch-mate is left)."""
         running = self.live(job_id)
         if running is not None:
             running.stop = running.stop or STOP_CANCEL
@@ -236,7 +238,7 @@ class Scheduler:
     def _run(self, device: torch.device, jobs: list[Job]) -> None:
         now = time.monotonic()
         members = [Running(job, now, now + self.config.job_timeout) for job in jobs]
-        cancel = _BatchCancel(members)
+        cancel = Cancel()
         with self._running_lock:
             for m in members:
                 self._running[m.job.id] = m
@@ -258,26 +260,27 @@ class Scheduler:
                     live.append(m)
                 except NstError as e:
                     self._finish(m, FAILED, str(e))
-            cancel.members = live
 
             def progress(it) -> None:
                 nonlocal iterations
-                iterations += len(live)
-                service.metrics.iterations.inc(len(live))
-                loss = it.loss / len(live)  # a batch reports the sum of its images' losses
+                rows = list(it.indices) if it.indices is not None else list(range(len(live)))
+                iterations += len(rows)
+                service.metrics.iterations.inc(len(rows))
+                loss = it.loss / len(rows)  # a batch reports the sum of its images' losses
                 now = time.monotonic()
-                for index, m in enumerate(live):
-                    if m.finished:
-                        continue
-                    if now >= m.deadline and m.stop is None:
+                for m in live:  # a job past its deadline fails now; its image leaves at the next iteration
+                    if not m.finished and now >= m.deadline and m.stop is None:
                         m.stop = STOP_TIMEOUT
                         self._finish(m, FAILED, _timeout_message(self.config.job_timeout))
+                for row, index in enumerate(rows):
+                    m = live[index]
+                    if m.finished:
                         continue
                     m.step, m.loss = it.step, loss
                     service.hub.publish(m.job.id, "progress", {"id": m.job.id, **m.progress()})
                     if service.hub.wants_preview(m.job.id, it.step, it.steps):
                         service.hub.publish_preview(
-                            m.job.id, it.step, it.steps, lambda i=index, m=m: self._preview(it, i, len(live), m)
+                            m.job.id, it.step, it.steps, lambda r=row, m=m: self._preview(it, r, len(rows), m)
                         )
 
             def save(index: int, image: torch.Tensor) -> None:
@@ -290,7 +293,14 @@ class Scheduler:
                     path.unlink(missing_ok=True)
 
             if live:
-                stylizer.stylize_many(contents, progress, batch_size=len(live), cancel=cancel, on_result=save)
+                stylizer.stylize_many(
+                    contents,
+                    progress,
+                    batch_size=len(live),
+                    cancel=cancel,
+                    cancel_each=[_JobCancel(m) for m in live],
+                    on_result=save,
+                )
         except Cancelled:
             pass  # each job's reason is its own: below
         except NstError as e:
@@ -342,7 +352,8 @@ class Scheduler:
         )
 
     def _preview(self, it, index: int, batch: int, m: Running) -> dict:
-        """A small JPEG of job ``m``'s image (``index`` in a batch of ``batch``) at this iterate."""
+        """A small JPEG of job ``m``'s image (row ``index`` of the ``batch`` rows the run holds now) at
+        this iterate."""
         image = it.image
         image = image[index : index + 1] if image.shape[0] == batch else image[:1]
         height, width = image.shape[-2:]

@@ -148,18 +148,27 @@ def test_cancelling_a_queued_and_a_running_job(api):
 
 
 def test_a_job_cancelled_in_a_batch_leaves_its_batch_mates_running(api):
+    steps = 120
     with busy_worker(api):
-        first, second = api.submit({"steps": 30}), api.submit({"steps": 30})  # compatible: one batch
+        first, second = api.submit({"steps": steps}), api.submit({"steps": steps})  # compatible: one batch
     end = time.monotonic() + WAIT
     while not all(api.job(j)["status"] == "running" for j in (first, second)):  # running together
         assert time.monotonic() < end and api.job(first)["status"] != "done", "the two jobs did not run as one batch"
         time.sleep(0.02)
+    before_step = api.job(second)["step"]
+    before = api.metrics()["nst_fast_iterations_total"]
     assert api.delete(f"/v1/jobs/{first}").json()["status"] == "cancelled"
     mate = api.wait(second)
-    assert mate["status"] == "done" and mate["step"] == 30
-    assert api.job(first)["status"] == "cancelled"
+    assert mate["status"] == "done" and mate["step"] == steps
+    cancelled = api.job(first)
+    assert cancelled["status"] == "cancelled"
     assert_error(api.get(f"/v1/jobs/{first}/result"), 409, "cancelled")
     assert api.get(f"/v1/jobs/{second}/result").status_code == 200
+    # The cancelled image left the batch: after it, each iteration optimized one image, not two.
+    together = cancelled["step"] - before_step + 2  # iterations of both since `before` (at most; +1 each way)
+    counted = api.metrics()["nst_fast_iterations_total"] - before
+    assert counted <= 2 * together + (steps - cancelled["step"]), (counted, before_step, cancelled["step"])
+    assert cancelled["step"] < steps - 10, "cancel earlier: the check needs iterations after it"
 
 
 def test_the_synchronous_endpoint_answers_with_the_image_or_504(api):
