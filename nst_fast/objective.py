@@ -124,10 +124,11 @@ class StyleTransferLoss(nn.Module):
     def select(self, rows: list[int]) -> StyleTransferLoss:
         """The loss of a batch's images ``rows`` only (a batch that some of its images left): their own
         content targets and scales, the shared style targets."""
-        index = torch.tensor(rows, device=next(iter(self.content_targets.values()), torch.empty(0)).device)
 
-        def pick(value):
-            return value.index_select(0, index) if isinstance(value, torch.Tensor) and value.dim() else value
+        def pick(value):  # a batch's tensor (targets, per-image weights); a shared number stays
+            if isinstance(value, torch.Tensor) and value.dim():
+                return value.index_select(0, torch.tensor(rows, device=value.device))
+            return value
 
         return StyleTransferLoss(
             {k: pick(v) for k, v in self.content_targets.items()},

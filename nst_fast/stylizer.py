@@ -191,9 +191,11 @@ class Stylizer:
         done, start = 0, time.perf_counter()
         for index, scale in enumerate(plan.scales):
             _raise_if_cancelled(stop)
-            image, held = _without_cancelled(image, held, stop)
+            rows, held = _still_wanted(held, stop)
             if not held:
                 return None, []
+            if rows is not None and image is not None:
+                image = image[rows]
             content_i = _batch([resize_longest(originals[p], scale.size) for p in held]).to(self.device)
             if image is None:  # each image's own start: noise as it would have alone
                 image = _batch([initial_image(c[None], opts) for c in content_i])
@@ -215,11 +217,11 @@ class Stylizer:
                 self._optimize_tiles(plan, scale, image, content_i, targets, callback, done, start, scale_stop)
             _raise_if_cancelled(stop)
             done += scale.iterations
-        rows = [held.index(p) for p in stop.wanted(held)]  # cancelled during the last scale: no output
-        if len(rows) < len(held):
-            image, content_i, held = image[rows], content_i[rows], [held[r] for r in rows]
-            if not held:
-                return None, []
+        rows, held = _still_wanted(held, stop)  # cancelled during the last scale: no output
+        if not held:
+            return None, []
+        if rows is not None:
+            image, content_i = image[rows], content_i[rows]
         if opts.preserve_colors:
             image = preserve_colors(image, content_i)
         return image.cpu(), held
@@ -271,13 +273,11 @@ def _batch(images: list[torch.Tensor]) -> torch.Tensor:
     return images[0] if len(images) == 1 else torch.cat(images)
 
 
-def _without_cancelled(image: torch.Tensor | None, held: list[int], stop: Stop):
-    """A batch's iterate and positions without the images whose tokens are cancelled."""
+def _still_wanted(held: list[int], stop: Stop) -> tuple[list[int] | None, list[int]]:
+    """Of a batch's images (positions ``held``), those whose tokens are not cancelled, and the rows of the
+    batch's tensors that are theirs (None: every row, nothing left it)."""
     still = stop.wanted(held)
-    if still == held:
-        return image, held
-    rows = [held.index(p) for p in still]
-    return (None if image is None or not rows else image[rows]), still
+    return (None if still == held else [held.index(p) for p in still]), still
 
 
 def _shifted(

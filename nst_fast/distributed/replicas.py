@@ -33,7 +33,7 @@ from ray import serve
 from ..errors import OptionsError
 from ..serve.app import create_app
 from ..serve.config import ServeConfig
-from ..serve.service import MAX_ATTEMPTS, Service
+from ..serve.service import MAX_ATTEMPTS, Service, report_interrupted
 from ..serve.storage import DataDir
 from .cluster import actor_resources, check_serve_installed, connected
 from .shared import LEASE, BusHub, SharedState, StoreClient, _wait
@@ -247,14 +247,7 @@ def serve_replicas(
         stop, now = threading.Event(), threading.Event()
         started_serve = False
         try:
-            requeued, failed = ray.get(state.requeue_gone.remote(True))
-            if requeued or failed:
-                log.warning(
-                    "%d interrupted job(s) queued again, %d failed after %d interruptions",
-                    len(requeued),
-                    len(failed),
-                    MAX_ATTEMPTS,
-                )
+            report_interrupted(*ray.get(state.requeue_gone.remote(True)))
             port = config.port or _free_port(config.host)
             url = f"http://{'[' + config.host + ']' if ':' in config.host else config.host}:{port}/"
             started_serve = not _serve_running(ray)

@@ -60,14 +60,7 @@ class Service:
         if self._started:
             return
         self._started = True
-        requeued, failed = self.store.requeue_interrupted(MAX_ATTEMPTS)
-        if requeued or failed:
-            log.warning(
-                "%d interrupted job(s) queued again, %d failed after %d interruptions",
-                len(requeued),
-                len(failed),
-                MAX_ATTEMPTS,
-            )
+        report_interrupted(*self.store.requeue_interrupted(MAX_ATTEMPTS))
         self.clean_up()
         self.scheduler.start()
         self._janitor = threading.Thread(target=self._clean_up_every, name="nst-fast janitor", daemon=True)
@@ -269,6 +262,17 @@ class Service:
                 raise ApiError(422, message.replace("; --max-pixels raises the limit", "")) from None
             raise ApiError(415, f"{name}: {message}") from None
         return tuple(image.shape[-2:])
+
+
+def report_interrupted(requeued: list, failed: list) -> None:
+    """Log what a start found interrupted: jobs queued again, and jobs failed after MAX_ATTEMPTS runs."""
+    if requeued or failed:
+        log.warning(
+            "%d interrupted job(s) queued again, %d failed after %d interruptions",
+            len(requeued),
+            len(failed),
+            MAX_ATTEMPTS,
+        )
 
 
 def _is_id(text: str) -> bool:

@@ -101,16 +101,9 @@ class Api:
         return events
 
     def metrics(self) -> dict[str, float]:
-        from prometheus_client.parser import text_string_to_metric_families
-
         response = self.client.get("/metrics")
         assert response.status_code == 200, response.text
-        samples = {}
-        for family in text_string_to_metric_families(response.text):
-            for s in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-        return samples
+        return parse_metrics(response.text)
 
     def wait_healthy(self) -> None:
         """The server still answers (after a bad request): /readyz is 200."""
@@ -129,3 +122,15 @@ def assert_error(response, status: int, *words: str) -> str:
     for word in words:
         assert word.lower() in message.lower(), (word, message)
     return message
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """A /metrics page's samples: {"name{label=value,...}": value}, labels sorted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return samples

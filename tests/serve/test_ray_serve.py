@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from .helpers import AUTH, CONTENT, STYLE, TOKEN, WAIT, Api, assert_error, png
+from .helpers import AUTH, CONTENT, STYLE, TOKEN, WAIT, Api, assert_error, parse_metrics, png
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "nst-fast[ray]"')
 pytest.importorskip("ray.serve", reason='Ray Serve is not installed: pip install "nst-fast[ray]"')
@@ -138,16 +138,9 @@ def cancel_all(d, jobs) -> None:
 
 def metrics(api, replica_id: str) -> dict[str, float]:
     """One replica's /metrics (counters and runs are its own; job counts are the shared store's)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     response = at(api, replica_id, "GET", "/metrics")
     assert response.status_code == 200, response.text
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
+    return parse_metrics(response.text)
 
 
 def wait_idle(d, timeout: float = STOPS) -> None:
