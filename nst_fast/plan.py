@@ -72,6 +72,42 @@ def check_image_size(options: Options, height: int, width: int, what: str = "con
         )
 
 
+def style_side(options: Options, size: int) -> int:
+    """The longest side of the style image at a scale of ``size`` px: ``size`` × ``style_scale``."""
+    return max(1, round(size * options.style_scale))
+
+
+def check_style_size(
+    options: Options,
+    height: int,
+    width: int,
+    max_pixels: int | None = None,
+    free_bytes: int | None = None,
+    remedy: str = "--size or --style-scale",
+) -> None:
+    """Check a style image of ``height``×``width``, resized for every scale of ``options``: it must reach
+    every layer and stay within ``max_pixels`` (default: ``options.max_pixels``) — else
+    :class:`ImageError` — and its forward pass must fit in ``free_bytes`` (if given) — else
+    :class:`MemoryFitError`. The plan's estimate covers the optimized image, not the style's forward
+    pass, which runs before the first iteration, where no deadline or cancel reaches: unchecked, a
+    ``style_scale`` of 100 ran VGG-19 on 6400×4000 px for minutes."""
+    limit = options.max_pixels if max_pixels is None else max_pixels
+    for size, _ in schedule(options):
+        h, w = longest_side_shape(height, width, style_side(options, size))
+        if h * w > limit:
+            raise ImageError(
+                f"the style image would be {w}×{h} = {h * w} px at size {size} × style scale "
+                f"{options.style_scale:g}, above the limit of {limit} px; lower {remedy}"
+            )
+        check_image_size(options, h, w, what="style", remedy=remedy)
+        need = memory.forward_bytes(options.layers, h, w)
+        if free_bytes is not None and need > free_bytes:
+            raise MemoryFitError(
+                f"the style image's targets at {w}×{h} px (size {size} × style scale {options.style_scale:g}) "
+                f"need about {need / GIB:.1f} GiB but {free_bytes / GIB:.1f} GiB is free; lower {remedy}"
+            )
+
+
 def resolve_impl(options: Options, device: torch.device) -> str:
     """The operators a run computes with: as asked, except that a deterministic run on CUDA uses the
     reference operators (the CUDA kernels add split-K partial sums with atomics, in no fixed order). On

@@ -24,10 +24,20 @@ from .color import preserve_colors
 from .control import Cancel, Stop
 from .errors import Cancelled, OptionsError
 from .image import load_image, resize_longest, tensor_to_pil
+from .memory import available_bytes
 from .objective import StyleTransferLoss, build_loss, content_energies, initial_image, style_targets
 from .ops import check_impl
 from .options import Options
-from .plan import Plan, ScalePlan, check_image_size, resolve_device, resolve_impl, schedule
+from .plan import (
+    Plan,
+    ScalePlan,
+    check_image_size,
+    check_style_size,
+    resolve_device,
+    resolve_impl,
+    schedule,
+    style_side,
+)
 from .tiling import Tile, optimize_tiles
 from .vgg import VGG19
 from .weights import load_weights
@@ -70,18 +80,15 @@ class Stylizer:
             # another image than the second, up to 103/255 apart).
             self.model.to(memory_format=torch.channels_last)
         originals = [load_image(s, opts.max_pixels, copy=False) for s in styles]
+        free = available_bytes(self.device)
+        for image in originals:  # before any is resized: a refused size allocates nothing
+            check_style_size(opts, *image.shape[-2:], free_bytes=free)
         # Style targets once per scale of the schedule, for every content image this stylizer will see.
         self.style_targets_by_size = {}
         for size, _ in schedule(opts):
-            style_size = max(1, round(size * opts.style_scale))
-            images = [self._style_image(image, style_size) for image in originals]
+            images = [resize_longest(image, style_side(opts, size)).to(self.device) for image in originals]
             self.style_targets_by_size[size] = style_targets(self.model, images, blend, opts.style_layers)
         self.style_targets = self.style_targets_by_size[opts.size]
-
-    def _style_image(self, image: torch.Tensor, size: int) -> torch.Tensor:
-        image = resize_longest(image, size)
-        check_image_size(self.options, *image.shape[-2:], what="style", remedy="--size or --style-scale")
-        return image.to(self.device)
 
     @property
     def precision(self) -> Precision:

@@ -28,7 +28,9 @@ def test_a_plan_holds_the_scales_tiles_steps_and_the_loop_of_each():
     assert plan.total_steps == 20 + 8 * 2 + 8 * 12
     for scale in plan.scales:
         piece = scale.tiles[0]
-        assert scale.loop.precision == plan.precision and scale.loop.history == lbfgs_history(3 * piece.height * piece.width)
+        assert scale.loop.precision == plan.precision and scale.loop.history == lbfgs_history(
+            3 * piece.height * piece.width
+        )
         assert scale.loop.optimizer == "lbfgs" and scale.loop.learning_rate == 1.0 and scale.loop.graph == "eager"
     # The run's peak is its largest scale's, plus (on a CPU) the content as loaded.
     largest = max(plan.scales, key=lambda s: s.estimate.total).estimate
@@ -41,7 +43,10 @@ def test_the_reference_and_onnxruntime_run_in_float32_whatever_is_asked():
     for backend in ("reference", "onnxruntime"):
         plan = Plan.resolve(Options(size=64, backend=backend, precision="bf16", checkpoint="on"), (64, 64), CPU)
         assert plan.precision.name == "fp32" and not any(s.loop.checkpoint for s in plan.scales)
-    assert Plan.resolve(Options(size=64, device="cpu", backend="onnxruntime"), (64, 64), CPU).scales[0].loop.providers == "cpu"
+    assert (
+        Plan.resolve(Options(size=64, device="cpu", backend="onnxruntime"), (64, 64), CPU).scales[0].loop.providers
+        == "cpu"
+    )
 
 
 def test_checkpointing_auto_follows_the_free_memory(monkeypatch):
@@ -71,7 +76,9 @@ def test_a_plan_that_does_not_fit_names_changes_that_do(monkeypatch):
 
 
 def test_too_small_content_and_cuda_graphs_on_a_cpu_are_refused_when_planned():
-    with pytest.raises(ImageError, match="content image is 3×200 px at this size; layers up to relu5_1 need at least 16"):
+    with pytest.raises(
+        ImageError, match="content image is 3×200 px at this size; layers up to relu5_1 need at least 16"
+    ):
         Plan.resolve(Options(size=200), (400, 6), CPU)
     with pytest.raises(OptionsError, match="needs a CUDA device"):
         Plan.resolve(Options(size=64, graph="cuda"), (64, 64), CPU)
@@ -98,8 +105,61 @@ def test_a_cli_run_decodes_each_content_image_once(images, tmp_path, monkeypatch
     out.mkdir()
     decoded = []
     read = nst_fast.image.read_image
-    monkeypatch.setattr(nst_fast.image, "read_image", lambda path, *a, **k: decoded.append(Path(path).name) or read(path, *a, **k))
+    monkeypatch.setattr(
+        nst_fast.image, "read_image", lambda path, *a, **k: decoded.append(Path(path).name) or read(path, *a, **k)
+    )
     # A pyramid and tiles: several scales, several estimates — and still one decode per image.
     argv = [second, style, "-o", out, "--size", "64", "--pyramid-start", "32", "--tile", "48", "--steps", "2"]
     assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
     assert sorted(decoded) == ["a.png", "b.png", "style.png"]
+
+
+def test_a_style_scaled_beyond_the_pixel_limit_or_memory_is_refused_before_it_is_resized(monkeypatch):
+    """``style_scale`` multiplies the style's size; the result must stay within ``max_pixels`` like any
+    input's (a style_scale of 100 once ran VGG-19 on 6400×4000 px before the first iteration)."""
+    import nst_fast.stylizer
+
+    from nst_fast.plan import check_style_size
+
+    options = Options(size=64, style_scale=100, max_pixels=2**24)
+    with pytest.raises(ImageError, match=r"style image would be 6400×4000 = 25600000 px .* style scale 100"):
+        check_style_size(options, 400, 640)
+    check_style_size(options.replace(style_scale=2), 400, 640)
+    with pytest.raises(ImageError, match="style image is 3×2 px"):  # and big enough for the layers
+        check_style_size(options.replace(style_scale=0.05), 400, 640)
+    need = nst_fast.memory.forward_bytes(options.layers, 800, 1280)  # at style_scale 20
+    with pytest.raises(MemoryFitError, match=r"style image's targets at 1280×800 px .* need about"):
+        check_style_size(options.replace(style_scale=20), 400, 640, free_bytes=need - 1)
+    check_style_size(options.replace(style_scale=20), 400, 640, free_bytes=need)
+    resized = []
+    monkeypatch.setattr(nst_fast.stylizer, "resize_longest", lambda *a: resized.append(a) or a[0])
+    with pytest.raises(ImageError, match="lower --size or --style-scale"):
+        Stylizer(torch.rand(3, 400, 640), options)
+    assert resized == [], "refused before any resize"
+
+
+STYLE_FORWARD = """
+import sys, torch
+from nst_fast import Options
+from nst_fast.memory import forward_bytes, process_status_kb
+from nst_fast.objective import style_targets
+from nst_fast.vgg import VGG19
+from nst_fast.weights import load_weights
+o = Options()
+model = VGG19(o.layers, load_weights(o.weights, None), o.pooling).to(memory_format=torch.channels_last)
+x = torch.rand(1, 3, 1024, 1024)
+base = process_status_kb("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # the peak resident set from here
+style_targets(model, [x], [1.0], o.style_layers)
+print((process_status_kb("VmHWM") - base) * 1024 / forward_bytes(o.layers, 1024, 1024))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
+def test_the_style_forward_estimate_matches_the_measured_peak():
+    """The style's forward pass at 1024² px, in a fresh process: its peak resident set over the estimate."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", STYLE_FORWARD], capture_output=True, text=True, check=True, timeout=120)
+    assert 0.85 < float(out.stdout.split()[-1]) < 1.2

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OptionsError
-from ..image import check_output_path, load_image, longest_side_shape
+from ..image import check_output_path, load_image
 from ..options import Options
-from ..plan import check_image_size, schedule
+from ..plan import check_style_size
 from . import attempts
 from .batch import plan_batches, stylize_batches
 from .cluster import actor_resources, check_installed, connected
@@ -200,10 +200,7 @@ def _read_styles(style, options: Options) -> list[tuple[str, bytes]]:
     for path in styles:
         if not isinstance(path, (str, os.PathLike)):
             raise OptionsError(f"on Ray, style images are given as paths, not {type(path).__name__}")
-        height, width = load_image(path, options.max_pixels).shape[-2:]
-        for size, _ in schedule(options):
-            shape = longest_side_shape(height, width, max(1, round(size * options.style_scale)))
-            check_image_size(options, *shape, what="style", remedy="--size or --style-scale")
+        check_style_size(options, *load_image(path, options.max_pixels).shape[-2:])
         read.append((Path(path).suffix, Path(path).read_bytes()))
     return read
 

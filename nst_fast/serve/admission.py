@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ImageError, MemoryFitError, OptionsError
 from ..options import INITS, Options
-from ..plan import GIB, Plan
+from ..plan import GIB, Plan, check_style_size
 from .config import SERVER_OPTIONS, ServeConfig
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options))
@@ -56,8 +56,15 @@ def request_options(text: str | None, defaults: Options) -> Options:
         raise ApiError(422, str(e)) from None
 
 
-def admit(options: Options, content_shape: tuple[int, int], device: torch.device, config: ServeConfig) -> Plan:
-    """The plan of a job, or :class:`ApiError` when the server's limits or the device's memory refuse it."""
+def admit(
+    options: Options,
+    content_shape: tuple[int, int],
+    device: torch.device,
+    config: ServeConfig,
+    style_shape: tuple[int, int] | None = None,
+) -> Plan:
+    """The plan of a job, or :class:`ApiError` when the server's limits or the device's memory refuse it
+    (the style image, of ``style_shape``, is held to the same pixel limit at its ``style_scale``)."""
     try:
         plan = Plan.resolve(options, content_shape, device)
     except (ImageError, OptionsError) as e:
@@ -80,6 +87,13 @@ def admit(options: Options, content_shape: tuple[int, int], device: torch.device
         plan.check_fits()
     except MemoryFitError:
         raise ApiError(413, memory_message(plan)) from None
+    if style_shape is not None:
+        try:
+            check_style_size(options, *style_shape, config.max_pixels, plan.free_bytes, remedy="size or style_scale")
+        except ImageError as e:
+            raise ApiError(422, str(e)) from None
+        except MemoryFitError as e:
+            raise ApiError(413, str(e)) from None
     return plan
 
 

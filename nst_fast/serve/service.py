@@ -151,15 +151,16 @@ class Service:
         if (style is None) == (style_id is None):
             raise ApiError(400, "give exactly one of style (an image file) and style_id")
         if style_id is not None:
-            style_sha = self.style(style_id).sha
+            record = self.style(style_id)
+            style_sha, style_shape = record.sha, (record.height, record.width)
         else:
             style_sha, path = self.data.save_style(style)
-            self._decode(path, "style")
+            style_shape = self._decode(path, "style")
         job_id = str(uuid.uuid4())
         upload = self.data.save_upload(job_id, content)
         try:
             height, width = self._decode(upload, "content")
-            plan = admit(options, (height, width), self.devices[0], self.config)
+            plan = admit(options, (height, width), self.devices[0], self.config, style_shape)
             key = plan.batch_key
             batch_key = None if key is None else json.dumps([style_sha, options_key(options), key])
             job = Job(

@@ -61,6 +61,17 @@ CASES = {
     "a result over the pixel limit": (job_request(options={"size": 40000}), 422, ["size", "limit"]),
     "a job over the step limit": (job_request(options={"steps": 600}), 422, ["600 iterations", "limit of 500"]),
     "a size too small for the layers": (job_request(options={"size": 8}), 422, ["at least"]),
+    # The server's pixel limit here is 10⁹: a 64 px style × 600 is above it, × 400 within it but beyond memory.
+    "a style scaled over the pixel limit": (
+        job_request(options={"style_scale": 600}),
+        422,
+        ["style image would be", "style_scale"],
+    ),
+    "a style scaled beyond the memory": (
+        job_request(options={"style_scale": 400}),
+        413,
+        ["style image's targets", "GiB", "style_scale"],
+    ),
     "no content": ({"files": {"style": ("s.png", STYLE)}}, 400, ["content", "required"]),
     "no style and no style id": (job_request(style=None), 400, ["style"]),
     "both a style and a style id": (job_request(style_id=NO_SUCH_ID), 400, ["exactly one"]),
@@ -73,6 +84,19 @@ CASES = {
 def test_a_bad_job_request_is_refused_in_one_line(api, case):
     request, status, words = CASES[case]
     assert_error(api.post("/v1/jobs", **request), status, *words)
+    api.wait_healthy()
+
+
+def test_a_stored_style_scaled_over_the_pixel_limit_is_refused(api):
+    """The style's size is checked at submission for a stored style too (from its recorded shape): not
+    by a worker stuck for minutes in a forward pass over hundreds of megapixels that no cancel reaches."""
+    response = api.post("/v1/styles", files={"image": ("s.png", STYLE)})
+    assert response.status_code == 201, response.text
+    style_id = response.json()["id"]
+    request = job_request(style=None, style_id=style_id, options={"style_scale": 400})
+    assert_error(api.post("/v1/jobs", **request), 413, "style image's targets", "GiB")
+    ok = job_request(style=None, style_id=style_id, options={"style_scale": 2})
+    assert api.post("/v1/jobs", **ok).status_code == 202
     api.wait_healthy()
 
 
