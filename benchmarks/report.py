@@ -343,6 +343,21 @@ def schedule_tables(path: Path, data: dict) -> list[str]:
     ]
 
 
+def optimizer_variant_tables(path: Path, data: dict) -> list[str]:
+    """benchmarks/optimizer_variants.py's records: each change to the optimizer's loss along the run."""
+    from optimizer_variants import table  # beside this file
+
+    return [
+        f"### Changes to the optimizer at one scale (`{path.name}`, {data['machine'].get('host_cpu', '')})",
+        "",
+        "The float32 reference loss at full size after 50, 100 and 150 iterations (512 px: 120); the 1-thread runs "
+        "ran two at a time, so their seconds (in the file) do not count: benchmarks/NOTES.md §13b.",
+        "",
+        table(data),
+        "",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -371,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             lines += batch_tables(path, data)
         elif "sensitivity" in data:
             lines += sensitivity_tables(path, data)
+        elif "records" in data and all("variant" in r for r in data["records"]):
+            lines += optimizer_variant_tables(path, data)
         elif "records" in data:
             lines += schedule_tables(path, data)
         elif "runs" in data and "summary" in data:
