@@ -40,5 +40,19 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def probe_directory(directory: str | os.PathLike) -> None:
+    """Create and remove a temporary file in ``directory``, as :func:`atomic_save` will; raise the
+    ``OSError`` if that fails. Permission bits do not tell (root passes ``os.access`` on a read-only
+    mount or in /proc): trying is the one check that finds out before the work rather than after."""
+    fd, tmp = tempfile.mkstemp(prefix=".nst-fast-probe.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def write_problem(error: OSError) -> str:
+    """Why a write failed, in the system's words, without the temporary file's name."""
+    return error.strerror or type(error).__name__
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_save(path, lambda f: f.write(text.encode()))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import tifffile
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from .atomic import atomic_save
+from .atomic import atomic_save, probe_directory, write_problem
 from .errors import ImageError
 
 
@@ -32,6 +32,7 @@ def load_image(source, max_pixels: int | None = None, copy: bool = True) -> torc
     if isinstance(source, Image.Image):
         return pil_to_tensor(source)
     if isinstance(source, (str, os.PathLike)):
+        source = Path(source).expanduser()  # as Options checks --init: a quoted '~/a.png' reaches here as is
         image = read_image(source, max_pixels)  # every check, for every format
         if _tiff_16bit_rgb(source):
             return _read_tiff_16bit(source)
@@ -45,8 +46,9 @@ MAX_PIXELS = 2**28
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
-    """Open and fully decode an image file, or raise :class:`ImageError` naming the problem."""
-    path = Path(path)
+    """Open and fully decode an image file, or raise :class:`ImageError` naming the problem. A leading ``~``
+    is the user's home directory, as in a shell."""
+    path = Path(path).expanduser()
     if not path.exists():
         raise ImageError(f"image not found: {path}")
     if path.is_dir():
@@ -171,9 +173,9 @@ def output_format(path: str | os.PathLike) -> str:
     return formats[ext]
 
 
-def check_output_path(path: str | os.PathLike, bit_depth: int = 8) -> Path:
+def check_output_path(path: str | os.PathLike, bit_depth: int = 8, probe: bool = True) -> Path:
     """Check, before any work, that an RGB image of ``bit_depth`` bits per channel can be encoded and
-    written at ``path``."""
+    written at ``path``. ``probe``: also create (and remove) a temporary file beside it, as the save will."""
     path = Path(path)
     fmt = output_format(path)
     if bit_depth not in (8, 16):
@@ -191,6 +193,11 @@ def check_output_path(path: str | os.PathLike, bit_depth: int = 8) -> Path:
         raise ImageError(f"cannot write an RGB image as {fmt} ({path.suffix}); use .png, .jpg, .webp or .tif") from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ImageError(f"output directory is not writable: {parent}")
+    if probe:
+        try:
+            probe_directory(parent)
+        except OSError as e:
+            raise ImageError(f"cannot write the output {path}: {write_problem(e)} (in {parent})") from None
     return path
 
 
@@ -200,7 +207,7 @@ def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, bit_d
     A failure leaves any existing file at ``path`` untouched. ``bit_depth`` 16 writes a 16-bit-per-channel
     TIFF (deflate-compressed, with the sRGB profile): the whole precision of a float result.
     """
-    path = check_output_path(path, bit_depth)
+    path = check_output_path(path, bit_depth, probe=False)  # atomic_save's own temporary file is the probe
     fmt = output_format(path)
     if "icc_profile" not in save_args and fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
         save_args["icc_profile"] = srgb_profile()  # the pixels are sRGB: say so

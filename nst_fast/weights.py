@@ -122,8 +122,13 @@ def _weights_file(path: str, mtime_ns: int, size: int) -> VGGWeights:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    # Known by its first bytes before a reader sees it: torch.load on other data fails with messages
+    # such as "101" (a KeyError on the byte it did not expect), which tell nothing.
+    kind = _file_kind(path)
+    if kind is None:
+        raise WeightsError(f"cannot read weights file {path}: it is not a PyTorch (.pth) or safetensors weights file")
     try:
-        if path.suffix == ".safetensors":
+        if kind == "safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
@@ -137,6 +142,21 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"weights file {path} does not hold a state dict of tensors")
     return state
+
+
+def _file_kind(path: Path) -> str | None:
+    """What ``path`` holds, by its first bytes: "torch" (a zip archive, as torch.save writes, or a pickle, as
+    older versions wrote), "safetensors" (an 8-byte header length, then the JSON header), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise WeightsError(f"cannot read weights file {path}: {e.strerror or type(e).__name__}") from None
+    if head.startswith((b"PK\x03\x04", b"\x80")):  # zip local file header; pickle protocol 2+ opcode
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    return None
 
 
 def _layout(state: dict[str, torch.Tensor], where: str) -> str:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -138,3 +144,70 @@ def test_not_an_image(images, tmp_path, capsys):
     bad.write_text("not a picture")
     code, _, err = run([bad, style, "-o", tmp_path / "out.png", *TINY], capsys)
     assert code == 2 and "not an image" in err and not (tmp_path / "out.png").exists()
+
+
+def _importing_torch(pid: int) -> bool:
+    """Whether process ``pid`` has begun loading torch's libraries: in the middle of its imports."""
+    try:
+        return "/torch/" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("command", ["script", "module"])
+def test_ctrl_c_while_starting_is_one_line_and_130(images, tmp_path, command):
+    """Ctrl-C while nst_fast and torch are being imported (seconds), before the command's own handler
+    exists, printed a traceback and died by the signal; it must be the same one line and 130 as later."""
+    if command == "script":
+        script = Path(sys.executable).with_name("nst-fast")
+        if not script.is_file():
+            pytest.skip(f"the nst-fast script is not installed beside {sys.executable} (pip install -e .)")
+        argv = [str(script)]
+    else:
+        argv = [sys.executable, "-m", "nst_fast_entry"]
+    content, style = images
+    argv += [str(content), str(style), "-o", str(tmp_path / "out.png"), "--size", "64", "--steps", "1000"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The signal as soon as torch's libraries are being loaded: in the middle of the imports, at any
+        # machine's speed. Without /proc, after 0.3 s (torch takes seconds to import).
+        deadline = time.monotonic() + 30
+        if Path(f"/proc/{proc.pid}/maps").exists():
+            while not _importing_torch(proc.pid) and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.01)
+        else:
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.splitlines() == ["nst-fast: interrupted"], err
+    assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("flag", ["-o", "--log-json"])
+def test_output_that_cannot_be_created_is_refused_before_any_work(images, tmp_path, capsys, flag):
+    """Root passes os.access everywhere: an output in /proc was found out only when saving, after the whole
+    run, in a message naming the temporary file. The check now creates (and removes) a file there."""
+    if not Path("/proc").is_dir():
+        pytest.skip("no /proc here to hold an output that cannot be created")
+    content, style = images
+    target = "/proc/nst-fast-test.png" if flag == "-o" else "/proc/nst-fast-test.json"
+    argv = [content, style, *(["-o", target] if flag == "-o" else ["-o", tmp_path / "out.png", flag, target])]
+    code, _, err = run([*argv, "--size", "64", "--steps", "3"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert target in err and ".tmp" not in err and "Traceback" not in err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_file_that_is_not_weights_says_so(images, tmp_path, capsys):
+    content, style = images
+    text = tmp_path / "text.jpg"
+    text.write_text("some notes, not a network\n")
+    code, _, err = run([content, style, "-o", tmp_path / "out.png", "--weights", text, *TINY], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert str(text) in err and "not a PyTorch (.pth) or safetensors weights file" in err
+    assert not err.rstrip().endswith(": 101"), err

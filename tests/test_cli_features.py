@@ -131,6 +131,42 @@ def test_batch_directory_reports_a_bad_file_and_does_the_rest(images, tmp_path, 
     assert code == 2 and "existing directory" in err
 
 
+def test_outputs_never_replace_the_inputs(images, tmp_path, capsys, monkeypatch):
+    """-o the content directory, with the outputs' default png format, replaced each photo by its stylized
+    version; refused before any work, as is an output that is the style or the initial image."""
+    content, style = images
+    same = tmp_path / "same"
+    same.mkdir()
+    Image.open(content).save(same / "b.png")
+    Image.open(content).save(same / "c.jpg")
+    before = {p.name: p.read_bytes() for p in same.iterdir()}
+    code, _, err = run([same, style, "-o", same, *TINY], capsys)
+    assert code == 2 and err.count("\n") == 1 and "b.png" in err and "overwrite an input" in err, err
+    assert {p.name: p.read_bytes() for p in same.iterdir()} == before
+    code, _, err = run([str(same / "*.png"), style, "-o", tmp_path / "same/../same", *TINY], capsys)
+    assert code == 2 and "b.png" in err and "overwrite an input" in err
+    assert run([same, same / "b.png", "-o", tmp_path, "--format", "png", *TINY], capsys)[0] == 0  # no clash
+    monkeypatch.chdir(tmp_path)
+    for argv in ([content, style, "-o", style], [content, style, "-o", content], [content.name, style, "-o", content]):
+        code, _, err = run([*argv, *TINY], capsys)
+        assert code == 2 and err.count("\n") == 1 and "overwrite an input" in err, err
+    code, _, err = run([content, style, "-o", same / "c.jpg", "--init", same / "c.jpg", *TINY], capsys)
+    assert code == 2 and "c.jpg" in err and "overwrite an input" in err
+    assert {p.name: p.read_bytes() for p in same.iterdir()} == before
+
+
+def test_init_from_a_file_under_the_home_directory(images, tmp_path, capsys, monkeypatch):
+    """Options accepted '~/gray.png' (it expands ~) but loading it did not: "image not found"."""
+    content, style = images
+    monkeypatch.setenv("HOME", str(tmp_path))
+    Image.new("RGB", (64, 48), (128, 128, 128)).save(tmp_path / "gray.png")
+    code, _, err = run([content, style, "-o", tmp_path / "out.png", "--init", "~/gray.png", *TINY], capsys)
+    assert code == 0 and err == ""
+    seen = []
+    Stylizer(style, size=40, steps=1, init="~/gray.png").stylize(content, callback=seen.append)
+    assert seen[0].image.shape[-2:] == (30, 40)
+
+
 def test_memory_that_cannot_fit_is_a_clear_error(images, tmp_path, capsys, monkeypatch):
     import nst_fast.memory
 

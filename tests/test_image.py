@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from nst_fast.errors import ImageError
-from nst_fast.image import check_output_path, load_image, resize_longest, save_image, tensor_to_pil
+from nst_fast.image import check_output_path, load_image, read_image, resize_longest, save_image, tensor_to_pil
 
 
 def test_load_from_path_pil_and_tensor(tmp_path):
@@ -66,6 +67,16 @@ def test_bad_inputs(tmp_path):
         load_image(torch.full((3, 2, 2), float("nan")))
     with pytest.raises(ImageError, match="directory"):
         load_image(tmp_path)
+
+
+def test_a_leading_tilde_is_the_home_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(tmp_path / "gray.png")
+    for source in ("~/gray.png", Path("~/gray.png")):
+        assert load_image(source).shape == (1, 3, 6, 8)
+        assert read_image(source).size == (8, 6)
+    with pytest.raises(ImageError, match="image not found"):
+        load_image("~/missing.png")
 
 
 def test_resize_longest_keeps_aspect():

@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..atomic import probe_directory, write_problem
 from ..errors import NstError, OptionsError
 from ..options import Options, value_type
 
@@ -109,12 +110,17 @@ def options_from(args: argparse.Namespace, base: Options | None = None) -> Optio
 
 
 def check_writable(path: str, suffixes: tuple[str, ...]) -> None:
-    """Before any work: ``path`` has one of ``suffixes`` and its directory exists."""
+    """Before any work: ``path`` has one of ``suffixes``, its directory exists and a file can be made there."""
     p = Path(path)
     if p.suffix.lower() not in suffixes:
         raise OptionsError(f"{path}: the file name must end in {' or '.join(suffixes)}")
-    if not (p.parent if str(p.parent) else Path(".")).is_dir():
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
         raise OptionsError(f"output directory does not exist: {p.parent}")
+    try:
+        probe_directory(parent)
+    except OSError as e:
+        raise OptionsError(f"cannot write {path}: {write_problem(e)} (in {parent})") from None
 
 
 def check_at_least(flag_name: str, value: int | None, minimum: int) -> None:

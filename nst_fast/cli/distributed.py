@@ -81,7 +81,8 @@ def run_distributed(args: argparse.Namespace) -> int:
     if Path(args.content).is_file():
         paths = [args.content]
     else:
-        paths = [content for content, _ in batch_jobs(args.content, args.output, args.format, args.bit_depth)]
+        jobs = batch_jobs(args.content, args.output, args.format, args.bit_depth, args.styles)
+        paths = [content for content, _ in jobs]
     blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
     say = say_unless(args.quiet)
     import ray.data  # noqa: F401 — sets up Ray Data's logging, quietened below

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
 from ..callbacks import Callbacks, JsonTrace, ProgressBar, SaveEvery
 from ..errors import OptionsError
 from ..image import check_output_path, load_image, save_image
-from ..options import Options, parse_floats
+from ..options import INITS, Options, parse_floats
 from ..plan import schedule
 from ..samples import sample_content, sample_style
 from ..stylizer import Stylizer
@@ -129,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     elif not args.styles:
         raise OptionsError("a STYLE image is needed after CONTENT (or give neither, for the built-in samples)")
     else:
-        jobs, styles = batch_jobs(args.content, args.output, args.format, args.bit_depth), args.styles
+        others = [*args.styles, *([] if options.init in INITS else [options.init])]
+        jobs, styles = batch_jobs(args.content, args.output, args.format, args.bit_depth, others), args.styles
     blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
     start = time.perf_counter()
     stylizer = Stylizer(styles, options, style_blend=blend)
@@ -202,7 +205,8 @@ def _describe(stylizer: Stylizer) -> str:
     """The run's settings, on one line."""
     options = stylizer.options
     scales = schedule(options)
-    text = f"device {stylizer.device}, backend {options.backend} ({stylizer.precision}), weights {stylizer.model.weights_source}, "
+    text = f"device {stylizer.device}, backend {options.backend} ({stylizer.precision}), "
+    text += f"weights {stylizer.model.weights_source}, "
     if len(scales) > 1:
         text += f"scales {' → '.join(str(size) for size, _ in scales)} px, "
     text += f"{sum(steps for _, steps in scales)} {options.optimizer} steps"
@@ -233,16 +237,21 @@ def _stylize_one(stylizer: Stylizer, content, output: Path, args: argparse.Names
     say(f"wrote {output} ({result.shape[-1]}×{result.shape[-2]}) in {time.perf_counter() - start:.1f} s")
 
 
-def batch_jobs(content: str, output: str, fmt: str, bit_depth: int = 8) -> list[tuple[str, Path]]:
+def batch_jobs(
+    content: str, output: str, fmt: str, bit_depth: int = 8, others: Sequence[str | os.PathLike] = ()
+) -> list[tuple[str, Path]]:
     """(content image, output path) pairs: one, or — for a directory or glob of images — one per image,
-    written into the output directory as <name>.<format>."""
+    written into the output directory as <name>.<format>. No output may be a content image or one of
+    ``others`` (the style images, an initial image): a run must not destroy its own inputs."""
     path = Path(content)
     if path.is_dir():
         sources = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     elif any(c in content for c in "*?[") and not path.exists():
         sources = sorted(Path(p) for p in glob.glob(content) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
     else:
-        return [(content, check_output_path(output, bit_depth))]
+        jobs = [(content, check_output_path(output, bit_depth))]
+        _refuse_overwriting_inputs(jobs, others)
+        return jobs
     if not sources:
         raise OptionsError(f"no images found in {content}")
     out_dir = Path(output)
@@ -252,4 +261,15 @@ def batch_jobs(content: str, output: str, fmt: str, bit_depth: int = 8) -> list[
     names = [o.name for _, o in jobs]
     if len(set(names)) != len(names):
         raise OptionsError("two content images share a name: their outputs would overwrite each other")
+    _refuse_overwriting_inputs(jobs, others)
     return jobs
+
+
+def _refuse_overwriting_inputs(jobs: list[tuple[str, Path]], others: Sequence[str | os.PathLike]) -> None:
+    """Refuse, before any work, an output that is one of the inputs (-o the content directory, with the
+    default png format, would replace each photo by its stylized version). Paths are compared resolved,
+    so that ./a.png, a.png and a link to it are one file."""
+    inputs = {Path(p).expanduser().resolve() for p in [*(c for c, _ in jobs), *others]}
+    for _, output in jobs:
+        if output.expanduser().resolve() in inputs:
+            raise OptionsError(f"the output {output} would overwrite an input image: choose another -o")
