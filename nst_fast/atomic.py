@@ -40,18 +40,31 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def probe_directory(directory: str | os.PathLike) -> None:
-    """Create and remove a temporary file in ``directory``, as :func:`atomic_save` will; raise the
-    ``OSError`` if that fails. Permission bits do not tell (root passes ``os.access`` on a read-only
-    mount or in /proc): trying is the one check that finds out before the work rather than after."""
-    fd, tmp = tempfile.mkstemp(prefix=".nst-fast-probe.", suffix=".tmp", dir=directory)
+def unwritable(directory: str | os.PathLike) -> str | None:
+    """Why a file cannot be created in ``directory`` (the system's words), or None if it can: tried by
+    creating and removing a temporary file, as :func:`atomic_save` will. Permission bits do not tell (root
+    passes ``os.access`` in /proc and on read-only mounts): trying finds out before the work, not after."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".nst-fast-probe.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        return e.strerror or type(e).__name__
     os.close(fd)
     os.unlink(tmp)
+    return None
 
 
-def write_problem(error: OSError) -> str:
-    """Why a write failed, in the system's words, without the temporary file's name."""
-    return error.strerror or type(error).__name__
+def overwritten_input(outputs, inputs) -> Path | None:
+    """The first of ``outputs`` that is one of ``inputs`` (the same file: compared resolved, and by
+    device and inode where both exist, which also catches hard links and case-insensitive file systems),
+    or None. A run must not replace its own inputs (-o the content directory would stylize each photo
+    over itself)."""
+    resolved = {Path(p).expanduser().resolve() for p in inputs}
+    existing = [Path(p).expanduser() for p in inputs if Path(p).expanduser().exists()]
+    for output in outputs:
+        out = Path(output).expanduser()
+        if out.resolve() in resolved or (out.exists() and any(os.path.samefile(out, p) for p in existing)):
+            return Path(output)
+    return None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

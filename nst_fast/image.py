@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import tifffile
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from .atomic import atomic_save, probe_directory, write_problem
+from .atomic import atomic_save, unwritable
 from .errors import ImageError
 
 
@@ -191,13 +191,9 @@ def check_output_path(path: str | os.PathLike, bit_depth: int = 8, probe: bool =
         Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)
     except Exception:  # noqa: BLE001 — Pillow raises many types for formats it cannot write RGB in
         raise ImageError(f"cannot write an RGB image as {fmt} ({path.suffix}); use .png, .jpg, .webp or .tif") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ImageError(f"output directory is not writable: {parent}")
-    if probe:
-        try:
-            probe_directory(parent)
-        except OSError as e:
-            raise ImageError(f"cannot write the output {path}: {write_problem(e)} (in {parent})") from None
+    problem = "not writable" if not os.access(parent, os.W_OK | os.X_OK) else unwritable(parent) if probe else None
+    if problem:
+        raise ImageError(f"cannot write the output {path}: {problem} (in {parent})")
     return path
 
 

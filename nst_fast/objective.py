@@ -169,6 +169,7 @@ def style_targets(model: VGG19, styles: list[torch.Tensor], blend: list[float], 
             for name in layers:
                 term = style_target(acts[name]) * (weight / total)
                 targets[name] = term if name not in targets else targets[name] + term
+            del acts  # before the next style's forward pass: one image's activations at a time (memory.forward_bytes)
     return targets
 
 

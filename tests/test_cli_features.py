@@ -3,6 +3,8 @@ limits — each on small images."""
 
 from __future__ import annotations
 
+import os
+
 import json
 
 import numpy as np
@@ -152,7 +154,14 @@ def test_outputs_never_replace_the_inputs(images, tmp_path, capsys, monkeypatch)
         assert code == 2 and err.count("\n") == 1 and "overwrite an input" in err, err
     code, _, err = run([content, style, "-o", same / "c.jpg", "--init", same / "c.jpg", *TINY], capsys)
     assert code == 2 and "c.jpg" in err and "overwrite an input" in err
+    os.link(same / "b.png", tmp_path / "hard.png")  # another name of the same file
+    code, _, err = run([same / "b.png", style, "-o", tmp_path / "hard.png", *TINY], capsys)
+    assert code == 2 and "hard.png" in err and "overwrite an input" in err
     assert {p.name: p.read_bytes() for p in same.iterdir()} == before
+    monkeypatch.setenv("HOME", str(tmp_path))  # a quoted ~ names the home directory, for a directory too
+    (tmp_path / "out").mkdir()
+    assert run(["~/same", style, "-o", tmp_path / "out", *TINY], capsys)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.png", "c.png"]
 
 
 def test_init_from_a_file_under_the_home_directory(images, tmp_path, capsys, monkeypatch):

@@ -130,6 +130,23 @@ def test_manifest_resumes_and_refuses_other_settings(tmp_path, style):
         Manifest.open(out, settings, "run5").resume(jobs)
 
 
+def test_outputs_that_would_replace_inputs_are_refused_before_ray_starts(tmp_path, style):
+    """stylize_dataset into the content images' own directory (png outputs of png inputs), or over the
+    style image: refused at once, every input untouched; a quoted ~ is the home directory."""
+    pytest.importorskip("ray")
+    from nst_fast.errors import OptionsError
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _random_png(photos / "a.png", 48, 64, seed=2)
+    before = (photos / "a.png").read_bytes()
+    with pytest.raises(OptionsError, match="a.png would overwrite an input"):
+        stylize_dataset([photos / "a.png"], style, photos, OPTIONS, format="png")
+    with pytest.raises(OptionsError, match="style.png would overwrite an input"):
+        stylize_dataset([style], [style], style.parent, OPTIONS, format="png")
+    assert (photos / "a.png").read_bytes() == before and not (photos / MANIFEST_NAME).exists()
+
+
 def test_six_images_over_two_actors_equal_one_process(tmp_path, ray_local, style):
     paths = _contents(tmp_path / "in")
     out = tmp_path / "out"

@@ -145,21 +145,35 @@ from nst_fast.memory import forward_bytes, process_status_kb
 from nst_fast.objective import style_targets
 from nst_fast.vgg import VGG19
 from nst_fast.weights import load_weights
-o = Options()
+count, layers = int(sys.argv[1]), tuple(sys.argv[2].split(","))
+o = Options(style_layers=layers)
 model = VGG19(o.layers, load_weights(o.weights, None), o.pooling).to(memory_format=torch.channels_last)
-x = torch.rand(1, 3, 1024, 1024)
+images = [torch.rand(1, 3, 1024, 1024) for _ in range(count)]
 base = process_status_kb("VmRSS")
 open("/proc/self/clear_refs", "w").write("5")  # the peak resident set from here
-style_targets(model, [x], [1.0], o.style_layers)
+style_targets(model, images, [1.0] * count, o.style_layers)
 print((process_status_kb("VmHWM") - base) * 1024 / forward_bytes(o.layers, 1024, 1024))
 """
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
-def test_the_style_forward_estimate_matches_the_measured_peak():
-    """The style's forward pass at 1024² px, in a fresh process: its peak resident set over the estimate."""
+@pytest.mark.parametrize(
+    ("count", "layers"),
+    [(1, "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"), (2, "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"),
+     (1, "conv1_1,conv2_1,conv3_1,conv4_1,conv5_1")],
+)  # fmt: skip
+def test_the_style_forward_estimate_matches_the_measured_peak(count, layers):
+    """The style's forward pass at 1024² px, in a fresh process: its peak resident set over the estimate,
+    with two style images (one's activations at a time) and with convolutions requested (their ReLUs
+    then not in place)."""
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", STYLE_FORWARD], capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", STYLE_FORWARD, str(count), layers],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     assert 0.85 < float(out.stdout.split()[-1]) < 1.2

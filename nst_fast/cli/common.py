@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..atomic import probe_directory, write_problem
+from ..atomic import unwritable
 from ..errors import NstError, OptionsError
 from ..options import Options, value_type
 
@@ -117,10 +117,9 @@ def check_writable(path: str, suffixes: tuple[str, ...]) -> None:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise OptionsError(f"output directory does not exist: {p.parent}")
-    try:
-        probe_directory(parent)
-    except OSError as e:
-        raise OptionsError(f"cannot write {path}: {write_problem(e)} (in {parent})") from None
+    problem = unwritable(parent)
+    if problem:
+        raise OptionsError(f"cannot write {path}: {problem} (in {parent})")
 
 
 def check_at_least(flag_name: str, value: int | None, minimum: int) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import __version__
 from ..callbacks import Callbacks, JsonTrace, ProgressBar, SaveEvery
 from ..errors import OptionsError
+from ..atomic import overwritten_input
 from ..image import check_output_path, load_image, save_image
 from ..options import INITS, Options, parse_floats
 from ..plan import schedule
@@ -243,6 +244,7 @@ def batch_jobs(
     """(content image, output path) pairs: one, or — for a directory or glob of images — one per image,
     written into the output directory as <name>.<format>. No output may be a content image or one of
     ``others`` (the style images, an initial image): a run must not destroy its own inputs."""
+    content = os.path.expanduser(content)  # a quoted ~ too, as image loading reads it
     path = Path(content)
     if path.is_dir():
         sources = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -266,10 +268,6 @@ def batch_jobs(
 
 
 def _refuse_overwriting_inputs(jobs: list[tuple[str, Path]], others: Sequence[str | os.PathLike]) -> None:
-    """Refuse, before any work, an output that is one of the inputs (-o the content directory, with the
-    default png format, would replace each photo by its stylized version). Paths are compared resolved,
-    so that ./a.png, a.png and a link to it are one file."""
-    inputs = {Path(p).expanduser().resolve() for p in [*(c for c, _ in jobs), *others]}
-    for _, output in jobs:
-        if output.expanduser().resolve() in inputs:
-            raise OptionsError(f"the output {output} would overwrite an input image: choose another -o")
+    output = overwritten_input([o for _, o in jobs], [*(c for c, _ in jobs), *others])
+    if output is not None:
+        raise OptionsError(f"the output {output} would overwrite an input image: choose another -o")

@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import overwritten_input
 from ..errors import OptionsError
 from ..image import check_output_path, load_image
-from ..options import Options
+from ..options import INITS, Options
 from ..plan import check_style_size
 from . import attempts
 from .batch import plan_batches, stylize_batches
@@ -98,6 +99,12 @@ def stylize_dataset(
     if quality is not None and not 1 <= quality <= 100:
         raise OptionsError(f"quality must be between 1 and 100, got {quality}")
     styles = _read_styles(style, options)
+    inputs = [source for _, source in jobs] + [p for p in (style if isinstance(style, (list, tuple)) else [style])]
+    if options.init not in INITS:
+        inputs.append(options.init)
+    clobbered = overwritten_input([out_dir / name for name, _ in jobs], inputs)
+    if clobbered is not None:
+        raise OptionsError(f"the output {clobbered} would overwrite an input image: choose another output directory")
     blend = _blend(style_blend, len(styles))
     output = {"format": format, "bit_depth": bit_depth, "quality": quality}
     settings = settings_of(options, [data for _, data in styles], [w / max(blend) for w in blend], output)
@@ -179,7 +186,7 @@ def _jobs(paths, out_dir: Path, fmt: str, bit_depth: int) -> list[tuple[str, str
     """(output name, absolute source path) per image; every node resolves the same absolute paths."""
     if isinstance(paths, (str, os.PathLike)):
         raise OptionsError("paths must be a list of image paths (expand a directory or glob first)")
-    sources = [os.path.abspath(os.fspath(p)) for p in paths]
+    sources = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
     if not sources:
         raise OptionsError("no images to stylize")
     names = [f"{Path(source).stem}.{fmt}" for source in sources]
@@ -200,8 +207,9 @@ def _read_styles(style, options: Options) -> list[tuple[str, bytes]]:
     for path in styles:
         if not isinstance(path, (str, os.PathLike)):
             raise OptionsError(f"on Ray, style images are given as paths, not {type(path).__name__}")
+        path = Path(path).expanduser()
         check_style_size(options, *load_image(path, options.max_pixels).shape[-2:])
-        read.append((Path(path).suffix, Path(path).read_bytes()))
+        read.append((path.suffix, path.read_bytes()))
     return read
 
 

@@ -61,7 +61,8 @@ CASES = {
     "a result over the pixel limit": (job_request(options={"size": 40000}), 422, ["size", "limit"]),
     "a job over the step limit": (job_request(options={"steps": 600}), 422, ["600 iterations", "limit of 500"]),
     "a size too small for the layers": (job_request(options={"size": 8}), 422, ["at least"]),
-    # The server's pixel limit here is 10⁹: a 64 px style × 600 is above it, × 400 within it but beyond memory.
+    # The server's pixel limit here is 10⁹ and its size 64: a style scaled to 64 × 600 = 38400 px square is above
+    # it, to 64 × 400 = 25600 px within it but beyond memory (about 350 GiB for its forward pass).
     "a style scaled over the pixel limit": (
         job_request(options={"style_scale": 600}),
         422,
