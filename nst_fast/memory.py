@@ -154,10 +154,12 @@ def process_status_kb(key: str) -> int | None:
 
 
 def available_bytes(device: torch.device) -> int | None:
-    """Free memory on ``device``: the GPU's free memory, or the system's available memory on a CPU."""
+    """Free memory on ``device``: on a GPU, what the driver has free plus what PyTorch's caching allocator
+    holds unused (reserved, not allocated: a run can take it, and in a long-lived process — a service —
+    it can be most of the GPU); on a CPU, the system's available memory."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return free
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type == "cpu":
         try:
             for line in Path("/proc/meminfo").read_text().splitlines():

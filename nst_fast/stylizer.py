@@ -24,7 +24,7 @@ from .color import preserve_colors
 from .control import Cancel, Stop
 from .errors import Cancelled, OptionsError
 from .image import load_image, resize_longest, tensor_to_pil
-from .memory import available_bytes
+from . import memory
 from .objective import StyleTransferLoss, build_loss, content_energies, initial_image, style_targets
 from .ops import check_impl
 from .options import Options
@@ -80,7 +80,7 @@ class Stylizer:
             # another image than the second, up to 103/255 apart).
             self.model.to(memory_format=torch.channels_last)
         originals = [load_image(s, opts.max_pixels, copy=False) for s in styles]
-        free = available_bytes(self.device)
+        free = memory.available_bytes(self.device)
         for image in originals:  # before any is resized: a refused size allocates nothing
             check_style_size(opts, *image.shape[-2:], free_bytes=free)
         # Style targets once per scale of the schedule, for every content image this stylizer will see.

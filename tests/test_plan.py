@@ -177,3 +177,18 @@ def test_the_style_forward_estimate_matches_the_measured_peak(count, layers):
         timeout=120,
     )
     assert 0.85 < float(out.stdout.split()[-1]) < 1.2
+
+
+def test_free_gpu_memory_counts_what_the_caching_allocator_holds_unused(monkeypatch):
+    """In a long-lived process PyTorch keeps freed GPU blocks reserved: the driver does not see them as
+    free, but a run can use them (checked without a GPU, from the allocator's figures)."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 50 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 20 * 2**30)
+    assert nst_fast.memory.available_bytes(torch.device("cuda", 0)) == 33 * 2**30
+
+
+def test_the_style_check_uses_the_devices_free_memory(monkeypatch):
+    monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: 2**20)
+    with pytest.raises(MemoryFitError, match="style image's targets at 64×64 px"):
+        Stylizer(torch.rand(3, 64, 64), size=64)
