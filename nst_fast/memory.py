@@ -142,6 +142,14 @@ def forward_bytes(layers: tuple[str, ...], height: int, width: int) -> int:
     return 4 * max(peak, held)
 
 
+def readable(count: int) -> str:
+    """A number of bytes for a message: 1.5 GiB, 28 MiB, 1 KiB."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}" if unit == "GiB" else f"{count / size:.0f} {unit}"
+    return f"{count} bytes"
+
+
 def process_status_kb(key: str) -> int | None:
     """A field of /proc/self/status in kB (VmRSS, VmHWM: the peak resident set), or None off Linux."""
     try:

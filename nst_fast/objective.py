@@ -33,7 +33,8 @@ from .losses import (
     tv_losses,
 )
 from .options import Options
-from .vgg import LAYER, VGG19
+from . import ops
+from .vgg import LAYER, VGG19, context_margin, deepest
 
 
 class StyleTransferLoss(nn.Module):
@@ -156,21 +157,65 @@ class StyleTransferLoss(nn.Module):
         return sum(terms.values()), terms
 
 
-def style_targets(model: VGG19, styles: list[torch.Tensor], blend: list[float], layers) -> dict[str, torch.Tensor]:
+def style_targets(
+    model: VGG19, styles: list[torch.Tensor], blend: list[float], layers, tiles: list[int | None] | None = None
+) -> dict[str, torch.Tensor]:
     """{layer: Σ_i w_i·N_S_i}: the blend of the styles' normalized Gram matrices (weights sum to 1).
 
     Matching the blended Gram matrix has the same gradient as the weighted sum of per-style losses.
+    ``tiles``: per style image, None or the side of the overlapping tiles it is run through the network
+    in (:func:`style_grams`), for the same targets in a fraction of the memory.
     """
     total = sum(blend)
     targets: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for image, weight in zip(styles, blend):
-            acts = model(image)
-            for name in layers:
-                term = style_target(acts[name]) * (weight / total)
-                targets[name] = term if name not in targets else targets[name] + term
-            del acts  # before the next style's forward pass: one image's activations at a time (memory.forward_bytes)
+    for image, weight, tile in zip(styles, blend, tiles or [None] * len(styles)):
+        for name, gram in style_grams(model, image, layers, tile).items():
+            term = gram * (weight / total)
+            targets[name] = term if name not in targets else targets[name] + term
     return targets
+
+
+def style_grams(model: VGG19, image: torch.Tensor, layers, tile: int | None = None) -> dict[str, torch.Tensor]:
+    """{layer: N_S = G_S / (nH·nW)} of one style image; with ``tile`` smaller than the image, from
+    overlapping tiles: each contributes the Gram matrix of its core (the tile less a margin of
+    :func:`~nst_fast.vgg.context_margin` on sides inside the image), whose features are the whole image's — each
+    position's receptive field lies inside the tile, and tiles start at multiples of the deepest
+    stride — so the sum over cores is G_S, to float rounding (tested). The memory is one tile's forward
+    pass (memory.forward_bytes) instead of the image's."""
+    height, width = image.shape[-2:]
+    with torch.no_grad():
+        if tile is None or max(height, width) <= tile:
+            acts = model(image)
+            return {name: style_target(acts[name]) for name in layers}
+        margin = context_margin(layers)
+        stride = LAYER[deepest(layers)].stride
+        core = (tile - 2 * margin) // stride * stride
+        if core < stride:
+            raise ValueError(f"a style tile of {tile} px leaves no core inside its {margin} px margins")
+        sizes = {name: LAYER[name].output_size(height, width) for name in layers}
+        grams: dict[str, torch.Tensor] = {}
+        for top, bottom in _cores(height, core):
+            for left, right in _cores(width, core):
+                y0, x0 = max(0, top - margin), max(0, left - margin)
+                y1, x1 = min(height, bottom + margin), min(width, right + margin)
+                acts = model(image[..., y0:y1, x0:x1])
+                for name in layers:
+                    s = LAYER[name].stride
+                    h, w = sizes[name]
+                    # The core's positions at this layer, in the tile's feature map (the last core of a
+                    # row or column runs to the image's edge, as the whole image's floor-mode poolings).
+                    rows = slice((top - y0) // s, (h if bottom == height else bottom // s) - y0 // s)
+                    cols = slice((left - x0) // s, (w if right == width else right // s) - x0 // s)
+                    part = ops.gram(acts[name][..., rows, cols].contiguous(), 1.0 / (h * w))
+                    grams[name] = part if name not in grams else grams[name] + part
+                del acts  # one tile's activations at a time
+        return grams
+
+
+def _cores(size: int, core: int) -> list[tuple[int, int]]:
+    """[start, end) spans of at most ``core`` (a multiple of the deepest stride) covering ``size``."""
+    starts = list(range(0, size, core))
+    return [(start, min(start + core, size)) for start in starts]
 
 
 def content_targets(model: VGG19, content: torch.Tensor, layers) -> dict[str, torch.Tensor]:

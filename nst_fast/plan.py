@@ -23,7 +23,7 @@ from .image import longest_side_shape
 from .memory import MemoryEstimate
 from .options import Options
 from .tiling import Tile, tile_grid
-from .vgg import deepest
+from .vgg import LAYER, context_margin, deepest
 
 GIB = 2**30
 
@@ -87,10 +87,10 @@ def check_style_size(
 ) -> None:
     """Check a style image of ``height``×``width``, resized for every scale of ``options``: it must reach
     every layer and stay within ``max_pixels`` (default: ``options.max_pixels``) — else
-    :class:`ImageError` — and its forward pass must fit in ``free_bytes`` (if given) — else
-    :class:`MemoryFitError`. The plan's estimate covers the optimized image, not the style's forward
-    pass, which runs before the first iteration, where no deadline or cancel reaches: unchecked, a
-    ``style_scale`` of 100 ran VGG-19 on 6400×4000 px for minutes."""
+    :class:`ImageError` — and its forward pass, tiled if need be (:func:`style_tile`), must fit in
+    ``free_bytes`` (if given) — else :class:`MemoryFitError`. The plan's estimate covers the optimized
+    image, not the style's forward pass, which runs before the first iteration, where no deadline or
+    cancel reaches: unchecked, a ``style_scale`` of 100 ran VGG-19 on 6400×4000 px for minutes."""
     limit = options.max_pixels if max_pixels is None else max_pixels
     for size, _ in schedule(options):
         h, w = longest_side_shape(height, width, style_side(options, size))
@@ -100,12 +100,36 @@ def check_style_size(
                 f"{options.style_scale:g}, above the limit of {limit} px; lower {remedy}"
             )
         check_image_size(options, h, w, what="style", remedy=remedy)
-        need = memory.forward_bytes(options.layers, h, w)
-        if free_bytes is not None and need > free_bytes:
-            raise MemoryFitError(
-                f"the style image's targets at {w}×{h} px (size {size} × style scale {options.style_scale:g}) "
-                f"need about {need / GIB:.1f} GiB but {free_bytes / GIB:.1f} GiB is free; lower {remedy}"
-            )
+        style_tile(options, h, w, free_bytes, remedy)
+
+
+def style_tile(
+    options: Options, height: int, width: int, free_bytes: int | None, remedy: str = "--size or --style-scale"
+) -> int | None:
+    """The side of the tiles a style image of ``height``×``width`` goes through the network in (None:
+    whole; objective.style_grams): ``--tile`` (at least the smallest tile with a core) where the style is
+    larger, as the content's tiles; else the
+    whole image if its forward pass fits in ``free_bytes``, or the largest tile, halving, that does.
+    :class:`MemoryFitError` if not even the smallest does."""
+    side = max(height, width)
+    stride = LAYER[deepest(options.layers)].stride
+    smallest = 2 * context_margin(options.layers) + 4 * stride  # a core of 4 positions at the deepest layer
+    if options.tile and side > max(options.tile, smallest):
+        return max(options.tile, smallest)
+    need = memory.forward_bytes(options.layers, height, width)
+    if free_bytes is None or need <= free_bytes:
+        return None
+    tile = side
+    while tile > smallest:
+        tile = max(smallest, tile // 2 // stride * stride)
+        if memory.forward_bytes(options.layers, min(tile, height), min(tile, width)) <= free_bytes:
+            return tile
+    least = memory.forward_bytes(options.layers, min(smallest, height), min(smallest, width))
+    raise MemoryFitError(
+        f"the style image's targets at {width}×{height} px (style scale {options.style_scale:g}) need about "
+        f"{memory.readable(need)}, and in the smallest tiles {memory.readable(least)}, but "
+        f"{memory.readable(free_bytes)} is free; lower {remedy}"
+    )
 
 
 def resolve_impl(options: Options, device: torch.device) -> str:

@@ -37,6 +37,7 @@ from .plan import (
     resolve_impl,
     schedule,
     style_side,
+    style_tile,
 )
 from .tiling import Tile, optimize_tiles
 from .vgg import VGG19
@@ -87,7 +88,8 @@ class Stylizer:
         self.style_targets_by_size = {}
         for size, _ in schedule(opts):
             images = [resize_longest(image, style_side(opts, size)).to(self.device) for image in originals]
-            self.style_targets_by_size[size] = style_targets(self.model, images, blend, opts.style_layers)
+            tiles = [style_tile(opts, *image.shape[-2:], free) for image in images]
+            self.style_targets_by_size[size] = style_targets(self.model, images, blend, opts.style_layers, tiles)
         self.style_targets = self.style_targets_by_size[opts.size]
 
     @property

@@ -95,6 +95,24 @@ def network(last: str) -> tuple[Layer, ...]:
     return LAYERS[: LAYER[last].index + 1]
 
 
+def receptive_field(last: str) -> int:
+    """Side in pixels of the input square that one output position of ``last`` depends on (156 for
+    relu5_1): each 3×3 convolution widens it by two positions of its input, each 2×2 pooling by one."""
+    field = 1
+    for layer in network(last):
+        step = layer.stride // 2 if layer.kind == "pool" else layer.stride  # the layer's input spacing
+        field += 2 * step if layer.kind == "conv" else step if layer.kind == "pool" else 0
+    return field
+
+
+def context_margin(layers: Iterable[str]) -> int:
+    """Pixels of context a piece of an image needs on each side of the part whose features it is used
+    for, so that they are the whole image's: half the deepest layer's receptive field, rounded up to
+    that layer's stride (so that a piece's poolings line up with the whole image's): 80 px for relu5_1."""
+    last = LAYER[deepest(layers)]
+    return -(-receptive_field(last.name) // 2 // last.stride) * last.stride
+
+
 def blocks(last: str) -> list[list[str]]:
     """The layer names of each block of a network truncated after ``last``: the units of activation
     checkpointing."""

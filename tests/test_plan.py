@@ -119,7 +119,7 @@ def test_a_style_scaled_beyond_the_pixel_limit_or_memory_is_refused_before_it_is
     input's (a style_scale of 100 once ran VGG-19 on 6400×4000 px before the first iteration)."""
     import nst_fast.stylizer
 
-    from nst_fast.plan import check_style_size
+    from nst_fast.plan import check_style_size, style_tile
 
     options = Options(size=64, style_scale=100, max_pixels=2**24)
     with pytest.raises(ImageError, match=r"style image would be 6400×4000 = 25600000 px .* style scale 100"):
@@ -127,10 +127,17 @@ def test_a_style_scaled_beyond_the_pixel_limit_or_memory_is_refused_before_it_is
     check_style_size(options.replace(style_scale=2), 400, 640)
     with pytest.raises(ImageError, match="style image is 3×2 px"):  # and big enough for the layers
         check_style_size(options.replace(style_scale=0.05), 400, 640)
-    need = nst_fast.memory.forward_bytes(options.layers, 800, 1280)  # at style_scale 20
-    with pytest.raises(MemoryFitError, match=r"style image's targets at 1280×800 px .* need about"):
-        check_style_size(options.replace(style_scale=20), 400, 640, free_bytes=need - 1)
-    check_style_size(options.replace(style_scale=20), 400, 640, free_bytes=need)
+    # Beyond free memory, the style goes through the network in tiles: refused only if none fits.
+    scaled = options.replace(style_scale=20)  # 1280×800 px
+    need = nst_fast.memory.forward_bytes(options.layers, 800, 1280)
+    assert style_tile(scaled, 800, 1280, need) is None
+    tile = style_tile(scaled, 800, 1280, need - 1)
+    assert tile == 640 and nst_fast.memory.forward_bytes(options.layers, 640, 640) <= need - 1
+    assert style_tile(scaled.replace(tile=512), 800, 1280, None) == 512  # --tile: the content's tiles' side
+    smallest = nst_fast.memory.forward_bytes(options.layers, 224, 224)  # 2 × 80 px margins + 4 × 16
+    assert style_tile(scaled, 800, 1280, smallest) == 224
+    with pytest.raises(MemoryFitError, match=r"style image's targets at 1280×800 px .* in the smallest tiles 28 MiB"):
+        check_style_size(scaled, 400, 640, free_bytes=smallest - 1)
     resized = []
     monkeypatch.setattr(nst_fast.stylizer, "resize_longest", lambda *a: resized.append(a) or a[0])
     with pytest.raises(ImageError, match="lower --size or --style-scale"):
@@ -192,3 +199,39 @@ def test_the_style_check_uses_the_devices_free_memory(monkeypatch):
     monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: 2**20)
     with pytest.raises(MemoryFitError, match="style image's targets at 64×64 px"):
         Stylizer(torch.rand(3, 64, 64), size=64)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_a_style_in_tiles_has_the_whole_images_targets(pooling, monkeypatch):
+    """Each tile contributes its core's Gram matrix, whose features are the whole image's (margins of half
+    the receptive field, tiles on the deepest stride's grid): the same targets to float rounding, at
+    sides that are no multiples of 16 and tiles that leave short last cores. Narrower margins break it."""
+    import nst_fast.objective
+    from nst_fast.objective import style_grams
+
+    stylizer = Stylizer(torch.rand(3, 64, 64), size=64, precision="fp32", pooling=pooling)
+    layers = stylizer.options.style_layers
+    gen = torch.Generator().manual_seed(3)
+    for shape in [(1, 3, 300, 413), (1, 3, 517, 260)]:
+        image = torch.rand(*shape, generator=gen)
+        whole = style_grams(stylizer.model, image, layers)
+        for tile in (200, 257):
+            tiled = style_grams(stylizer.model, image, layers, tile)
+            for name in layers:
+                assert torch.allclose(tiled[name], whole[name], rtol=1e-4, atol=1e-5 * whole[name].abs().max())
+    monkeypatch.setattr(nst_fast.objective, "context_margin", lambda layers: 16)
+    tiled = style_grams(stylizer.model, image, layers, 200)
+    assert not torch.allclose(tiled["relu5_1"], whole["relu5_1"], rtol=1e-3, atol=1e-3 * whole["relu5_1"].abs().max())
+
+
+def test_a_style_too_large_for_memory_is_tiled_not_refused(monkeypatch):
+    """The Stylizer runs a style whose forward pass would not fit through the network in tiles, to the
+    same targets as a run with room for the whole image."""
+    style = torch.rand(3, 300, 413, generator=torch.Generator().manual_seed(4))
+    whole = Stylizer(style, size=300, precision="fp32").style_targets
+    free = 30 * 2**20  # room for a 224 px tile's forward pass, not for the 300×218 px style's
+    monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: free)
+    assert nst_fast.memory.forward_bytes(Options().layers, 218, 300) > free
+    tiled = Stylizer(style, size=300, precision="fp32").style_targets
+    for name, target in whole.items():
+        assert torch.allclose(tiled[name], target, rtol=1e-4, atol=1e-5 * target.abs().max())
