@@ -41,6 +41,11 @@ from .jobs import CANCELLED, DONE, FAILED, Job
 log = logging.getLogger("nst_fast.serve")
 
 STOP_CANCEL, STOP_TIMEOUT, STOP_SHUTDOWN = "cancel", "timeout", "shutdown"
+# After the grace period, seconds that stopped runs get to reach their next iteration and put their jobs
+# back in the queue themselves; a run inside one long operation (an iteration at print size on a CPU) is
+# not waited for longer: its jobs are put back from here, and its worker, a daemon thread, ends with the
+# process.
+STOP_WAIT = 10.0
 
 
 @dataclass(eq=False)
@@ -114,7 +119,7 @@ class Scheduler:
 
     def drain(self, grace: float) -> None:
         """Claim nothing more; give running jobs ``grace`` seconds, then stop their runs (their jobs go
-        back in the queue); wait for the workers to end."""
+        back in the queue); wait for the workers to end, at most :data:`STOP_WAIT` seconds."""
         self._claiming = False
         self.wake()
         end = time.monotonic() + grace
@@ -125,8 +130,16 @@ class Scheduler:
                 m.stop = m.stop or STOP_SHUTDOWN
             for cancel in self._cancels:
                 cancel.cancel()
+        end = time.monotonic() + STOP_WAIT
         for thread in self._threads:
-            thread.join(timeout=60)
+            thread.join(timeout=max(0.0, end - time.monotonic()))
+        stuck = self.running_ids()
+        if stuck:
+            log.warning("%d job(s) still running after the grace period go back in the queue", len(stuck))
+            store = self.service.store
+            store.requeue(stuck, owner=store.owner)  # as their worker would; it may not get there before exit
+            for job_id in stuck:
+                self.service.publish_status(job_id)
 
     def running_count(self) -> int:
         with self._running_lock:

@@ -67,3 +67,32 @@ def test_sigterm_then_kill_9_then_restart_loses_nothing(tmp_path):
         assert api.job(running)["status"] == "done"
         assert third.terminate() == 0, third.stderr()
     assert set(statuses(data).values()) == {"done"}
+
+
+def test_a_run_stuck_in_one_long_operation_does_not_hold_the_shutdown(monkeypatch):
+    """After the grace period, runs stop at their next iteration; one inside a single long operation (an
+    iteration at print size on a CPU) is waited for STOP_WAIT seconds at most: its job is put back in the
+    queue from the drain, and the process can exit (its worker is a daemon thread)."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    import nst_fast.serve.scheduler as scheduler
+
+    requeued, published = [], []
+    store = SimpleNamespace(owner=None, requeue=lambda ids, owner=None: requeued.extend(ids))
+    service = SimpleNamespace(config=None, store=store, publish_status=published.append)
+    drain = scheduler.Scheduler(service)
+    forever = threading.Event()
+    worker = threading.Thread(target=forever.wait, daemon=True)  # a worker that never reaches an iteration
+    worker.start()
+    drain._threads.append(worker)
+    job = SimpleNamespace(id="00000000-0000-4000-8000-000000000001")
+    drain._running[job.id] = SimpleNamespace(job=job, finished=False, stop=None)
+    monkeypatch.setattr(scheduler, "STOP_WAIT", 0.5)
+    start = time.monotonic()
+    drain.drain(0)
+    assert time.monotonic() - start < 3
+    assert drain._running[job.id].stop == scheduler.STOP_SHUTDOWN
+    assert requeued == [job.id] and published == [job.id]
+    forever.set()
