@@ -63,37 +63,7 @@ def preconditioned_lbfgs(power: float):
 
         def __init__(self, param, lr=1.0, history=100):
             super().__init__(param, lr, history)
-            self.precondition = frequency_preconditioner(param.shape, power)
-
-        @torch.no_grad()
-        def step(self, grad):
-            g = grad.reshape(-1).float()
-            x = self.param.detach().reshape(-1).float()
-            if self.k == 0:
-                d = self.precondition(g).neg()
-                t = torch.clamp(d.abs().sum().reciprocal(), max=1.0) * self.lr
-            else:
-                slot = (self.k - 1) % self.m
-                y, s = g - self.prev_grad, x - self.prev_param
-                ys = torch.dot(y, s)
-                accept = self._curvature_is_real(ys, s, y)
-                self.s[slot], self.y[slot] = s, y
-                self.rho[slot] = torch.where(accept, ys.reciprocal(), torch.zeros_like(ys))
-                self.h_diag = torch.where(accept, ys / torch.dot(y, self.precondition(y)), self.h_diag)
-                q = g.neg()
-                order = [(self.k - 1 - i) % self.m for i in range(min(self.k, self.m))]
-                for i in order:
-                    self.alpha[i] = torch.dot(self.s[i], q) * self.rho[i]
-                    q.addcmul_(self.y[i], self.alpha[i], value=-1)
-                d = self.precondition(q).mul_(self.h_diag)
-                for i in reversed(order):
-                    beta = torch.dot(self.y[i], d) * self.rho[i]
-                    d.addcmul_(self.s[i], self.alpha[i] - beta)
-                t = self.lr
-            self.prev_grad.copy_(g)
-            self.prev_param.copy_(x)
-            self.param.add_((d * t).view_as(self.param))
-            self.k += 1
+            self.initial_inverse_hessian = frequency_preconditioner(param.shape, power)
 
     return PreconditionedLBFGS
 

@@ -189,13 +189,15 @@ def sensitivity_tables(path: Path, data: dict) -> list[str]:
         "The fp32 reference loss after the run, for an image (64 px, random) alone, moved by 1e-7, and in a "
         "batch of three: how far rounding carries an optimization.",
         "",
-        "| precision | optimizer | steps | image | alone | moved by 1e-7 | in a batch of 3 |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| precision | optimizer | steps | from | image | alone | moved by 1e-7 | in a batch of 3 |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in data["sensitivity"]:
         moved, batched = (f"{r[k]:.4f} ({r[k] / r['alone'] - 1:+.1e})" for k in ("moved_1e-7", "in_batch_of_3"))
+        start = r.get("init", "content+noise")  # (the first file's runs all started from it)
         lines.append(
-            f"| {r['precision']} | {r['optimizer']} | {r['steps']} | {r['image']} | {r['alone']:.4f} | {moved} | {batched} |"
+            f"| {r['precision']} | {r['optimizer']} | {r['steps']} | {start} | {r['image']} | {r['alone']:.4f} "
+            f"| {moved} | {batched} |"
         )
     return lines + [""]
 

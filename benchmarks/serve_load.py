@@ -25,7 +25,8 @@ from pathlib import Path
 
 import httpx
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
+
+from nst_fast.serve.metrics import parse_samples
 
 FINAL = ("done", "failed", "cancelled")
 
@@ -138,13 +139,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def scrape(url: str, headers: dict[str, str] | None = None) -> dict[str, float]:
     """The server's metrics as {"name{label=value,...}": value}."""
-    text = httpx.get(f"{url}/metrics", headers=headers, timeout=60).text
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
+    return parse_samples(httpx.get(f"{url}/metrics", headers=headers, timeout=60).text)
 
 
 def main() -> None:

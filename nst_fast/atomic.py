@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import OptionsError
+
 
 def atomic_save(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(file)`` on a temporary file in ``path``'s directory, then rename it to ``path``."""
@@ -53,18 +55,17 @@ def unwritable(directory: str | os.PathLike) -> str | None:
     return None
 
 
-def overwritten_input(outputs, inputs) -> Path | None:
-    """The first of ``outputs`` that is one of ``inputs`` (the same file: compared resolved, and by
-    device and inode where both exist, which also catches hard links and case-insensitive file systems),
-    or None. A run must not replace its own inputs (-o the content directory would stylize each photo
-    over itself)."""
+def refuse_overwriting_inputs(outputs, inputs, remedy: str) -> None:
+    """Raise :class:`OptionsError` if one of ``outputs`` is one of ``inputs`` (the same file: compared
+    resolved, and by device and inode where both exist, which also catches hard links and
+    case-insensitive file systems). A run must not replace its own inputs (-o the content directory
+    would stylize each photo over itself)."""
     resolved = {Path(p).expanduser().resolve() for p in inputs}
     existing = [Path(p).expanduser() for p in inputs if Path(p).expanduser().exists()]
     for output in outputs:
         out = Path(output).expanduser()
         if out.resolve() in resolved or (out.exists() and any(os.path.samefile(out, p) for p in existing)):
-            return Path(output)
-    return None
+            raise OptionsError(f"the output {output} would overwrite an input image: {remedy}")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -191,7 +191,9 @@ def check_output_path(path: str | os.PathLike, bit_depth: int = 8, probe: bool =
         Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)
     except Exception:  # noqa: BLE001 — Pillow raises many types for formats it cannot write RGB in
         raise ImageError(f"cannot write an RGB image as {fmt} ({path.suffix}); use .png, .jpg, .webp or .tif") from None
-    problem = "not writable" if not os.access(parent, os.W_OK | os.X_OK) else unwritable(parent) if probe else None
+    problem = None if os.access(parent, os.W_OK | os.X_OK) else "not writable"
+    if problem is None and probe:
+        problem = unwritable(parent)
     if problem:
         raise ImageError(f"cannot write the output {path}: {problem} (in {parent})")
     return path

@@ -122,9 +122,9 @@ def estimate(
 def forward_bytes(layers: tuple[str, ...], height: int, width: int) -> int:
     """Peak of one float32 forward pass without autograd at ``height``×``width`` (a style image's, for its
     targets): the requested activations produced so far, which it returns together, and the running
-    layer's input and output (a ReLU runs in place unless its convolution is requested). The peak resident
-    set measured on a CPU was 0.99–1.06× this at 1024² and 2048² px (tests/test_plan.py checks 1024², with
-    two style images, and with convolutions requested)."""
+    layer's input and output (a ReLU runs in place unless its convolution is requested). tests/test_plan.py
+    holds a fresh process's peak resident set at 1024² within 0.85–1.2× of it, with one and two style
+    images and with convolutions requested."""
     held = 0  # requested activations so far
     current, current_held = 3 * height * width, False  # the tensor flowing through the network
     peak = current

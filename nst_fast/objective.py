@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from . import ops
 from .errors import ImageError
 from .image import load_image
 from .losses import (
@@ -33,7 +34,6 @@ from .losses import (
     tv_losses,
 )
 from .options import Options
-from . import ops
 from .vgg import LAYER, VGG19, context_margin, deepest
 
 
@@ -214,8 +214,7 @@ def style_grams(model: VGG19, image: torch.Tensor, layers, tile: int | None = No
 
 def _cores(size: int, core: int) -> list[tuple[int, int]]:
     """[start, end) spans of at most ``core`` (a multiple of the deepest stride) covering ``size``."""
-    starts = list(range(0, size, core))
-    return [(start, min(start + core, size)) for start in starts]
+    return [(start, min(start + core, size)) for start in range(0, size, core)]
 
 
 def content_targets(model: VGG19, content: torch.Tensor, layers) -> dict[str, torch.Tensor]:

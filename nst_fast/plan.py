@@ -84,14 +84,16 @@ def check_style_size(
     max_pixels: int | None = None,
     free_bytes: int | None = None,
     remedy: str = "--size or --style-scale",
-) -> None:
+) -> dict[int, int | None]:
     """Check a style image of ``height``×``width``, resized for every scale of ``options``: it must reach
     every layer and stay within ``max_pixels`` (default: ``options.max_pixels``) — else
-    :class:`ImageError` — and its forward pass, tiled if need be (:func:`style_tile`), must fit in
-    ``free_bytes`` (if given) — else :class:`MemoryFitError`. The plan's estimate covers the optimized
-    image, not the style's forward pass, which runs before the first iteration, where no deadline or
-    cancel reaches: unchecked, a ``style_scale`` of 100 ran VGG-19 on 6400×4000 px for minutes."""
+    :class:`ImageError` — and its forward pass, tiled if need be, must fit in ``free_bytes`` (if given)
+    — else :class:`MemoryFitError`. Returns {scale size: :func:`style_tile`}: how its targets are
+    computed. The plan's estimate covers the optimized image, not the style's forward pass, which runs
+    before the first iteration, where no deadline or cancel reaches: unchecked, a ``style_scale`` of 100
+    ran VGG-19 on 6400×4000 px for minutes."""
     limit = options.max_pixels if max_pixels is None else max_pixels
+    tiles = {}
     for size, _ in schedule(options):
         h, w = longest_side_shape(height, width, style_side(options, size))
         if h * w > limit:
@@ -100,7 +102,8 @@ def check_style_size(
                 f"{options.style_scale:g}, above the limit of {limit} px; lower {remedy}"
             )
         check_image_size(options, h, w, what="style", remedy=remedy)
-        style_tile(options, h, w, free_bytes, remedy)
+        tiles[size] = style_tile(options, h, w, free_bytes, remedy)
+    return tiles
 
 
 def style_tile(
@@ -108,8 +111,8 @@ def style_tile(
 ) -> int | None:
     """The side of the tiles a style image of ``height``×``width`` goes through the network in (None:
     whole; objective.style_grams): ``--tile`` (at least the smallest tile with a core) where the style is
-    larger, as the content's tiles; else the
-    whole image if its forward pass fits in ``free_bytes``, or the largest tile, halving, that does.
+    larger, as the content's tiles; else the whole image if its forward pass fits in ``free_bytes``, or
+    the largest tile, halving, that does.
     :class:`MemoryFitError` if not even the smallest does."""
     side = max(height, width)
     stride = LAYER[deepest(options.layers)].stride

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import memory
 from .backends import get as get_backend
 from .backends.precision import Precision
 from .callbacks import Callback, Iterate
@@ -24,7 +25,6 @@ from .color import preserve_colors
 from .control import Cancel, Stop
 from .errors import Cancelled, OptionsError
 from .image import load_image, resize_longest, tensor_to_pil
-from . import memory
 from .objective import StyleTransferLoss, build_loss, content_energies, initial_image, style_targets
 from .ops import check_impl
 from .options import Options
@@ -37,7 +37,6 @@ from .plan import (
     resolve_impl,
     schedule,
     style_side,
-    style_tile,
 )
 from .tiling import Tile, optimize_tiles
 from .vgg import VGG19
@@ -81,15 +80,15 @@ class Stylizer:
             # another image than the second, up to 103/255 apart).
             self.model.to(memory_format=torch.channels_last)
         originals = [load_image(s, opts.max_pixels, copy=False) for s in styles]
+        # Checked before any is resized (a refused size allocates nothing): each style's tiles per scale.
         free = memory.available_bytes(self.device)
-        for image in originals:  # before any is resized: a refused size allocates nothing
-            check_style_size(opts, *image.shape[-2:], free_bytes=free)
+        tiles = [check_style_size(opts, *image.shape[-2:], free_bytes=free) for image in originals]
         # Style targets once per scale of the schedule, for every content image this stylizer will see.
         self.style_targets_by_size = {}
         for size, _ in schedule(opts):
             images = [resize_longest(image, style_side(opts, size)).to(self.device) for image in originals]
-            tiles = [style_tile(opts, *image.shape[-2:], free) for image in images]
-            self.style_targets_by_size[size] = style_targets(self.model, images, blend, opts.style_layers, tiles)
+            at_size = [t[size] for t in tiles]
+            self.style_targets_by_size[size] = style_targets(self.model, images, blend, opts.style_layers, at_size)
         self.style_targets = self.style_targets_by_size[opts.size]
 
     @property

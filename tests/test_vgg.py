@@ -195,3 +195,15 @@ def test_torchvision_weights_through_the_hub(caffe, monkeypatch):
         assert calls == [weights.TORCHVISION_URL] and loaded.preprocessing == TORCHVISION
     finally:
         weights._torchvision_hub.cache_clear()
+
+
+def test_the_receptive_field_and_the_context_a_piece_needs():
+    """The geometry behind tiled style targets (objective.style_grams): 156 px for relu5_1 (each 3×3
+    convolution adds two positions of its input, each pooling one), and half of it, on the 16 px grid of
+    relu5_1's stride, as context: 80 px."""
+    from nst_fast.vgg import context_margin, receptive_field
+
+    assert [receptive_field(n) for n in ("conv1_1", "pool1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")] == [
+        3, 6, 10, 24, 68, 156,
+    ]  # fmt: skip
+    assert context_margin(("relu1_1", "relu5_1")) == 80 and context_margin(("relu1_1", "relu3_1")) == 12

@@ -44,6 +44,12 @@ class DeviceLBFGS:
         self.prev_param = torch.zeros(n, **opts)
         self.k = 0  # iterations taken: a host integer, never read from the device
 
+    def initial_inverse_hessian(self, v: torch.Tensor) -> torch.Tensor:
+        """H₀·v up to its scale γ: v itself (H₀ = γI). The one place to change the method's preconditioner
+        (benchmarks/optimizer_variants.py tries a frequency filter here); it must stay symmetric positive
+        definite."""
+        return v
+
     def _curvature_is_real(self, ys: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Whether a pair (s, y) measures curvature rather than noise: sᵀy > 0, and s and y not nearly
         orthogonal. After a tiny step, y is the difference of two gradients that differ by less than
@@ -61,8 +67,8 @@ class DeviceLBFGS:
         g = grad.reshape(-1).float()
         x = self.param.detach().reshape(-1).float()
         if self.k == 0:
-            d = g.neg()
-            t = torch.clamp(g.abs().sum().reciprocal(), max=1.0) * self.lr
+            d = self.initial_inverse_hessian(g).neg()
+            t = torch.clamp(d.abs().sum().reciprocal(), max=1.0) * self.lr
         else:
             slot = (self.k - 1) % self.m
             y = g - self.prev_grad
@@ -72,7 +78,7 @@ class DeviceLBFGS:
             self.s[slot] = s
             self.y[slot] = y
             self.rho[slot] = torch.where(accept, ys.reciprocal(), torch.zeros_like(ys))
-            self.h_diag = torch.where(accept, ys / torch.dot(y, y), self.h_diag)
+            self.h_diag = torch.where(accept, ys / torch.dot(y, self.initial_inverse_hessian(y)), self.h_diag)
             # Two-loop recursion over the stored pairs, newest first (slots of unused or rejected pairs
             # have ρ = 0 and drop out).
             q = g.neg()
@@ -81,7 +87,7 @@ class DeviceLBFGS:
             for i in order:
                 self.alpha[i] = torch.dot(self.s[i], q) * self.rho[i]
                 q.addcmul_(self.y[i], self.alpha[i], value=-1)  # in place: no n-sized temporary per pair
-            d = q.mul_(self.h_diag)
+            d = self.initial_inverse_hessian(q).mul_(self.h_diag)
             for i in reversed(order):
                 beta = torch.dot(self.y[i], d) * self.rho[i]
                 d.addcmul_(self.s[i], self.alpha[i] - beta)

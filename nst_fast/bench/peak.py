@@ -198,9 +198,10 @@ def efficiency(
     work = options_flops(options or Options(), height, width)
     achieved = work.total / seconds
     peak = peaks.get(precision)
-    fraction = achieved / peak.flops_per_s if peak else None
     if beside and rounds and len(beside) == len(rounds):
         fraction = statistics.median(work.total / t / p for t, p in zip(rounds, beside))
+    else:
+        fraction = achieved / peak.flops_per_s if peak else None
     return {
         "flops_per_iteration": work.total,
         "flops": work.as_dict(),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .common import EXIT_INTERRUPTED, guarded
+from .common import guarded
 
 # command → (module, parser factory, runner); a command's module is imported when it runs, so that
 # stylizing does not import ONNX and exporting does not import matplotlib.
@@ -35,12 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS:
         command, argv = argv[0], argv[1:]
     module_name, parser_name, runner_name = COMMANDS[command]
-    try:  # importing a command's module takes a while (ONNX, matplotlib): Ctrl-C then is no traceback either
-        module = importlib.import_module(f"{__name__}.{module_name}")
-        args = getattr(module, parser_name)().parse_args(argv)
-    except KeyboardInterrupt:
-        print("nst-fast: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    # (Ctrl-C while a command's module is imported, ONNX or matplotlib, is nst_fast_entry's to report.)
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    args = getattr(module, parser_name)().parse_args(argv)
     return guarded(getattr(module, runner_name), args)
 
 

@@ -81,8 +81,8 @@ def run_distributed(args: argparse.Namespace) -> int:
     if Path(args.content).is_file():
         paths = [args.content]
     else:
-        jobs = batch_jobs(args.content, args.output, args.format, args.bit_depth, args.styles)
-        paths = [content for content, _ in jobs]
+        # (whether an output would replace an input, styles and --init included, stylize_dataset checks)
+        paths = [content for content, _ in batch_jobs(args.content, args.output, args.format, args.bit_depth)]
     blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
     say = say_unless(args.quiet)
     import ray.data  # noqa: F401 — sets up Ray Data's logging, quietened below

@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import __version__
 from ..callbacks import Callbacks, JsonTrace, ProgressBar, SaveEvery
 from ..errors import OptionsError
-from ..atomic import overwritten_input
+from ..atomic import refuse_overwriting_inputs
 from ..image import check_output_path, load_image, save_image
 from ..options import INITS, Options, parse_floats
 from ..plan import schedule
@@ -251,23 +251,20 @@ def batch_jobs(
     elif any(c in content for c in "*?[") and not path.exists():
         sources = sorted(Path(p) for p in glob.glob(content) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
     else:
+        sources = None
+    if sources is None:
         jobs = [(content, check_output_path(output, bit_depth))]
-        _refuse_overwriting_inputs(jobs, others)
-        return jobs
-    if not sources:
-        raise OptionsError(f"no images found in {content}")
-    out_dir = Path(output)
-    if not out_dir.is_dir():
-        raise OptionsError(f"for a directory or glob of content images, -o must name an existing directory: {output}")
-    jobs = [(str(s), check_output_path(out_dir / f"{s.stem}.{fmt}", bit_depth)) for s in sources]
-    names = [o.name for _, o in jobs]
-    if len(set(names)) != len(names):
-        raise OptionsError("two content images share a name: their outputs would overwrite each other")
-    _refuse_overwriting_inputs(jobs, others)
+    else:
+        if not sources:
+            raise OptionsError(f"no images found in {content}")
+        out_dir = Path(output)
+        if not out_dir.is_dir():
+            raise OptionsError(
+                f"for a directory or glob of content images, -o must name an existing directory: {output}"
+            )
+        jobs = [(str(s), check_output_path(out_dir / f"{s.stem}.{fmt}", bit_depth)) for s in sources]
+        names = [o.name for _, o in jobs]
+        if len(set(names)) != len(names):
+            raise OptionsError("two content images share a name: their outputs would overwrite each other")
+    refuse_overwriting_inputs([o for _, o in jobs], [*(c for c, _ in jobs), *others], "choose another -o")
     return jobs
-
-
-def _refuse_overwriting_inputs(jobs: list[tuple[str, Path]], others: Sequence[str | os.PathLike]) -> None:
-    output = overwritten_input([o for _, o in jobs], [*(c for c, _ in jobs), *others])
-    if output is not None:
-        raise OptionsError(f"the output {output} would overwrite an input image: choose another -o")

@@ -71,10 +71,15 @@ class ActorResources:
     cpus: int  # CPUs per actor: torch's thread count in it
     gpus: int  # 0 on CPU nodes, else 1: one GPU per actor
     reserve_cpus: bool = True  # whether Ray reserves ``cpus`` (on GPU actors, only when asked to)
+    role: str = "actor"  # what they are called: "actor" (a collection) or "replica" (the service)
+
+    @property
+    def each(self) -> str:
+        """What one of them reserves: "1 GPU" or "4 CPUs"."""
+        return "1 GPU" if self.gpus else f"{self.cpus} CPU{'s' if self.cpus > 1 else ''}"
 
     def describe(self) -> str:
-        where = "1 GPU" if self.gpus else f"{self.cpus} CPU{'s' if self.cpus > 1 else ''}"
-        return f"{self.actors} actor{'s' if self.actors > 1 else ''} × {where}"
+        return f"{self.actors} {self.role}{'s' if self.actors > 1 else ''} × {self.each}"
 
 
 def actor_resources(
@@ -120,4 +125,5 @@ def actor_resources(
         cpus=cpus,
         gpus=1 if use_gpus else 0,
         reserve_cpus=not use_gpus or actor_cpus is not None,
+        role=role,
     )

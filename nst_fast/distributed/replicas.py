@@ -229,7 +229,7 @@ def serve_replicas(
         if resources.starting < resources.actors:
             raise OptionsError(
                 f"the Ray cluster has room for {resources.starting} of the {resources.actors} replicas now "
-                f"({'1 GPU' if resources.gpus else f'{resources.cpus} CPUs'} each); lower --replicas"
+                f"({resources.each} each); lower --replicas"
             )
         try:
             ray.get_actor(STATE_NAME, namespace=NAMESPACE)
@@ -269,7 +269,7 @@ def serve_replicas(
             _wait_routed(url)
             deployed.set()
             print(f"nst-fast: listening on {url}", flush=True)
-            print(f"nst-fast: ready at {url} ({resources.describe().replace('actor', 'replica')})", flush=True)
+            print(f"nst-fast: ready at {url} ({resources.describe()})", flush=True)
             stop.wait()
             _drain(ray, state, config.grace, now)
         finally:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import overwritten_input
+from ..atomic import refuse_overwriting_inputs
 from ..errors import OptionsError
 from ..image import check_output_path, load_image
 from ..options import INITS, Options
@@ -98,13 +98,9 @@ def stylize_dataset(
     jobs = _jobs(paths, out_dir, format, bit_depth)
     if quality is not None and not 1 <= quality <= 100:
         raise OptionsError(f"quality must be between 1 and 100, got {quality}")
-    styles = _read_styles(style, options)
-    inputs = [source for _, source in jobs] + [p for p in (style if isinstance(style, (list, tuple)) else [style])]
-    if options.init not in INITS:
-        inputs.append(options.init)
-    clobbered = overwritten_input([out_dir / name for name, _ in jobs], inputs)
-    if clobbered is not None:
-        raise OptionsError(f"the output {clobbered} would overwrite an input image: choose another output directory")
+    style_paths, styles = _read_styles(style, options)
+    inputs = [source for _, source in jobs] + style_paths + ([] if options.init in INITS else [options.init])
+    refuse_overwriting_inputs([out_dir / name for name, _ in jobs], inputs, "choose another output directory")
     blend = _blend(style_blend, len(styles))
     output = {"format": format, "bit_depth": bit_depth, "quality": quality}
     settings = settings_of(options, [data for _, data in styles], [w / max(blend) for w in blend], output)
@@ -197,20 +193,21 @@ def _jobs(paths, out_dir: Path, fmt: str, bit_depth: int) -> list[tuple[str, str
     return list(zip(names, sources))
 
 
-def _read_styles(style, options: Options) -> list[tuple[str, bytes]]:
-    """Each style image's suffix and bytes, after checking here that it is an image that every scale of
-    the run can use (or every actor would fail alike)."""
+def _read_styles(style, options: Options) -> tuple[list[Path], list[tuple[str, bytes]]]:
+    """The style images' paths, and each one's suffix and bytes, after checking here that it is an image
+    that every scale of the run can use (or every actor would fail alike)."""
     styles = list(style) if isinstance(style, (list, tuple)) else [style]
     if not styles:
         raise OptionsError("at least one style image is needed")
-    read = []
+    paths, read = [], []
     for path in styles:
         if not isinstance(path, (str, os.PathLike)):
             raise OptionsError(f"on Ray, style images are given as paths, not {type(path).__name__}")
         path = Path(path).expanduser()
         check_style_size(options, *load_image(path, options.max_pixels).shape[-2:])
+        paths.append(path)
         read.append((path.suffix, path.read_bytes()))
-    return read
+    return paths, read
 
 
 def _blend(style_blend: Sequence[float] | None, count: int) -> list[float]:

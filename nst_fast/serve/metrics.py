@@ -19,6 +19,19 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
 
 
+def parse_samples(text: str) -> dict[str, float]:
+    """A /metrics page's samples as {"name{label=value,...}": value}, labels sorted: what the service's
+    tests and its load benchmark read."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
 class Metrics:
     def __init__(self, state: ServiceState):
         self.registry = registry = CollectorRegistry(auto_describe=True)

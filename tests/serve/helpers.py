@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'nst-fast[serve]'")
 httpx = pytest.importorskip("httpx", reason="the tests of the server need httpx (the test extra)")
 
+from nst_fast.serve.metrics import parse_samples
 from nst_fast.serve.process import ServerProcess
 
 TOKEN = "test-token-0123456789"
@@ -103,7 +104,7 @@ class Api:
     def metrics(self) -> dict[str, float]:
         response = self.client.get("/metrics")
         assert response.status_code == 200, response.text
-        return parse_metrics(response.text)
+        return parse_samples(response.text)
 
     def wait_healthy(self) -> None:
         """The server still answers (after a bad request): /readyz is 200."""
@@ -122,15 +123,3 @@ def assert_error(response, status: int, *words: str) -> str:
     for word in words:
         assert word.lower() in message.lower(), (word, message)
     return message
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """A /metrics page's samples: {"name{label=value,...}": value}, labels sorted."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return samples

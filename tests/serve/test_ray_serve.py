@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from .helpers import AUTH, CONTENT, STYLE, TOKEN, WAIT, Api, assert_error, parse_metrics, png
+from .helpers import AUTH, CONTENT, STYLE, TOKEN, WAIT, Api, assert_error, parse_samples, png
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "nst-fast[ray]"')
 pytest.importorskip("ray.serve", reason='Ray Serve is not installed: pip install "nst-fast[ray]"')
@@ -140,7 +140,7 @@ def metrics(api, replica_id: str) -> dict[str, float]:
     """One replica's /metrics (counters and runs are its own; job counts are the shared store's)."""
     response = at(api, replica_id, "GET", "/metrics")
     assert response.status_code == 200, response.text
-    return parse_metrics(response.text)
+    return parse_samples(response.text)
 
 
 def wait_idle(d, timeout: float = STOPS) -> None:
