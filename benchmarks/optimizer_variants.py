@@ -10,6 +10,8 @@ records the full-size fp32 reference loss (``evaluate_loss``) every 10 iteration
   optimizing a Laplacian-pyramid or Fourier parametrization of the image with L-BFGS;
 - ``color_init``: the content with its RGB mean and covariance matched to the style's as the start;
 - ``history=N``: N curvature pairs instead of the plan's;
+- ``line_search``: the reference loop (fp32 torch.optim.LBFGS) with its strong-Wolfe line search, whose
+  iterations then count evaluations (trial points included), against ``backend=reference``;
 - any option, as ``schedule.py``'s ``--set`` (``lr=1.5``, ``precision=fp32``).
 
 Different rounding alone (1 thread against 2) moves a trajectory: ``--threads`` measures that spread,
@@ -96,6 +98,14 @@ def apply_variant(variant: str, workload: str) -> dict:
     if name == "color_init":
         stylizer_module.initial_image = color_matched_init(sch.workload_images(workload)[1])
         return {}
+    if name == "line_search":
+        reference_lbfgs = torch.optim.LBFGS
+
+        def with_line_search(params, **kwargs):
+            return reference_lbfgs(params, **kwargs, line_search_fn="strong_wolfe")
+
+        torch.optim.LBFGS = with_line_search  # reference.optimizer_loop builds it by this name
+        return {"backend": "reference"}
     if name == "history":
         plan_module.lbfgs_history = lambda numel, budget_bytes=0: int(value)
         return {}
