@@ -12,10 +12,13 @@ convolution at a 256 px image (forward and input gradient, as an iteration runs 
 - ``proto_f23``: a whole F(2,3) convolution, prototype C++ transforms (vectorizable loops, no
   intrinsics) around torch.bmm, checked against float64 before it is timed;
 
-and the relative error of each form in bf16 against a float64 convolution. Nothing here is part of
-the library.
+and the relative error of each form in bf16 against a float64 convolution. ``end-to-end`` runs the
+default command's work (512 px, default options) with and without the prototype in the layers where
+it wins (conv4_2–conv5_1), and judges each output by the float32 reference loss. Nothing here is part
+of the library.
 
-    python benchmarks/winograd_probe.py            # prints a table, writes results/cpu-epyc-2core-winograd.json
+    python benchmarks/winograd_probe.py                            # per layer; writes the results file
+    python benchmarks/winograd_probe.py end-to-end --workload sample   # adds a with/without pair to it
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -156,7 +160,9 @@ torch::Tensor winograd_f23(torch::Tensor x, torch::Tensor u, c10::optional<torch
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = u.size(2);
   auto xn = x.permute({0, 2, 3, 1}).contiguous();
   auto v = torch::empty({16, N * ((H + 1) / 2) * ((W + 1) / 2), C}, x.options());
-  auto y = torch::empty({N, H, W, K}, x.options());
+  // N×K×H×W in channels_last memory (N, H, W, K in order), not a permuted view: autograd forbids
+  // in-place changes (VGG's ReLU) to a view made inside a custom Function.
+  auto y = torch::empty({N, K, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   torch::Tensor b32;
   if (bias) b32 = bias->to(torch::kFloat).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "winograd_f23", [&] {
@@ -165,7 +171,7 @@ torch::Tensor winograd_f23(torch::Tensor x, torch::Tensor u, c10::optional<torch
     output_transform<scalar_t>(m.data_ptr<scalar_t>(), bias ? b32.data_ptr<float>() : nullptr,
                                y.data_ptr<scalar_t>(), N, H, W, K);
   });
-  return y.permute({0, 3, 1, 2});
+  return y;
 }
 """
 
@@ -230,8 +236,65 @@ def forward_and_input_gradient(conv):
     return run
 
 
+class PrototypeConv(torch.nn.Module):
+    """A VGG convolution that runs the F(2,3) prototype under bf16 autocast (the engine's loop) and
+    itself otherwise (the content targets, in float32)."""
+
+    def __init__(self, conv: torch.nn.Conv2d, ext):
+        super().__init__()
+        self.conv, self.ext = conv, ext
+        weight = conv.weight.detach()
+        self.u = weight_transform(weight, G2).bfloat16()
+        self.u_backward = weight_transform(weight.flip(2, 3).transpose(0, 1), G2).bfloat16()
+        self.bias = conv.bias.detach().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_autocast_enabled("cpu"):
+            return self.conv(x)
+        with torch.autocast("cpu", enabled=False):
+            return WinogradF23.apply(x.bfloat16(), self.u, self.u_backward, self.bias, self.ext)
+
+
+def end_to_end(ext, workload: str, out: Path) -> None:
+    """The default command's optimization, without and with the prototype in conv4_2–conv5_1."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import schedule as sch
+
+    from nst_fast import Options, Stylizer
+
+    content, style = sch.workload_images(workload)
+    records = []
+    for form in ("direct", "winograd"):
+        stylizer = Stylizer(style, Options(size=512, device="cpu"))
+        if form == "winograd":
+            for name in ("conv4_2", "conv4_3", "conv4_4", "conv5_1"):
+                stylizer.model.body[name] = PrototypeConv(stylizer.model.body[name], ext)
+        ticks = [time.perf_counter()]
+        start = ticks[0]
+        output = stylizer.stylize_tensor(content, lambda it: ticks.append(time.perf_counter()))
+        seconds = time.perf_counter() - start
+        iterations = [b - a for a, b in zip(ticks, ticks[1:])]
+        records.append(
+            {
+                "workload": workload,
+                "form": form,
+                "seconds": round(seconds, 2),
+                "median_iteration_s": round(statistics.median(iterations), 4),
+                "iterations": len(iterations),
+                "output_loss": sch.Judge(content, style, 512)(output),
+                "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+        )
+        print(records[-1], flush=True)
+    data = json.loads(out.read_text())
+    data.setdefault("end_to_end", []).extend(records)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", nargs="?", default="layers", choices=("layers", "end-to-end"))
+    parser.add_argument("--workload", default="sample")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
@@ -241,6 +304,9 @@ def main() -> None:
             "winograd_probe", cpp_sources=PROTOTYPE, functions=["winograd_f23"], extra_cflags=["-O3"],
             build_directory=build,
         )  # fmt: skip
+    if args.what == "end-to-end":
+        end_to_end(ext, args.workload, args.out)
+        return
 
     # The prototype is a correct convolution (odd sizes, with bias) before any timing: float64 data,
     # to its float32 arithmetic.
@@ -270,16 +336,7 @@ def main() -> None:
             ut = torch.randn(tile * tile, k, c).bfloat16()
             g = torch.randn(tile * tile, tiles, k).bfloat16()
             row[f"{form}_ms"] = median_ms(lambda: (torch.bmm(v, u), torch.bmm(g, ut)), args.rounds)
-        u = weight_transform(conv.weight.detach(), G2).bfloat16()
-        ub = weight_transform(conv.weight.detach().flip(2, 3).transpose(0, 1), G2).bfloat16()
-        bias = conv.bias.detach()
-
-        class Prototype(torch.nn.Module):
-            def forward(self, xi):
-                with torch.autocast("cpu", enabled=False):
-                    return WinogradF23.apply(xi.bfloat16(), u, ub, bias, ext)
-
-        row["proto_f23_ms"] = median_ms(forward_and_input_gradient(Prototype())(x), args.rounds)
+        row["proto_f23_ms"] = median_ms(forward_and_input_gradient(PrototypeConv(conv, ext))(x), args.rounds)
         rows.append(row)
         print({key: round(val, 2) if isinstance(val, float) else val for key, val in row.items()}, flush=True)
 
@@ -330,6 +387,8 @@ def main() -> None:
         "summary": summary,
     }
     record["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if args.out.exists():  # keep the end-to-end pairs measured before
+        record["end_to_end"] = json.loads(args.out.read_text()).get("end_to_end", [])
     args.out.write_text(json.dumps(record, indent=1) + "\n")
 
 
