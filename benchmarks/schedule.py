@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--set", nargs="*", default=[], metavar="OPTION=VALUE")
     parser.add_argument("--judge-every", type=int, default=5)
+    parser.add_argument("--label", help="a note kept with the record (e.g. what the run's inductor cache held)")
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu-epyc-2core-schedule.json")
     args = parser.parse_args()
     data = load(args.out)
@@ -183,6 +184,8 @@ def main() -> None:
         target = ref["output_loss"] if ref else None
         record = run_once(args.workload, args.size, parse_sets(args.set), args.judge_every, target)
     record["versions"] = {"nst_fast": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    if args.label:
+        record["label"] = args.label
     data["records"].append(record)
     save(args.out, data)
     reached = record["reached"]
