@@ -12,6 +12,9 @@ records the full-size fp32 reference loss (``evaluate_loss``) every 10 iteration
 - ``history=N``: N curvature pairs instead of the plan's;
 - ``line_search``: the reference loop (fp32 torch.optim.LBFGS) with its strong-Wolfe line search, whose
   iterations then count evaluations (trial points included), against ``backend=reference``;
+- ``winograd``: the engine's convolutions from conv2_1 on as F(2×2, 3×3) Winograd convolutions in bf16
+  (``winograd_probe.py``'s prototype; the judge's float32 passes keep the direct ones): what its
+  rounding costs in iterations, whatever its speed;
 - any option, as ``schedule.py``'s ``--set`` (``lr=1.5``, ``precision=fp32``).
 
 Different rounding alone (1 thread against 2) moves a trajectory: ``--threads`` measures that spread,
@@ -106,6 +109,28 @@ def apply_variant(variant: str, workload: str) -> dict:
 
         torch.optim.LBFGS = with_line_search  # reference.optimizer_loop builds it by this name
         return {"backend": "reference"}
+    if name == "winograd":
+        import tempfile
+
+        from torch.utils.cpp_extension import load_inline
+
+        import winograd_probe as wp
+
+        with tempfile.TemporaryDirectory() as build:
+            ext = load_inline(
+                "winograd_probe", cpp_sources=wp.PROTOTYPE, functions=["winograd_f23"], extra_cflags=["-O3"],
+                build_directory=build,
+            )  # fmt: skip
+
+        class WinogradVGG(stylizer_module.VGG19):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                for layer, module in self.body.items():
+                    if layer.startswith("conv") and layer not in ("conv1_1", "conv1_2"):
+                        self.body[layer] = wp.PrototypeConv(module, ext)
+
+        stylizer_module.VGG19 = WinogradVGG
+        return {}
     if name == "history":
         plan_module.lbfgs_history = lambda numel, budget_bytes=0: int(value)
         return {}
