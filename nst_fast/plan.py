@@ -295,8 +295,8 @@ class Plan:
         if self.fits:
             return
         raise MemoryFitError(
-            f"this run needs about {self.estimate.beyond_loaded / GIB:.1f} GiB more but "
-            f"{self.free_bytes / GIB:.1f} GiB is free on {self.device}; {self.suggestions_text()}"
+            f"this run needs about {memory.readable(self.estimate.beyond_loaded)} but "
+            f"{memory.readable(self.free_bytes)} is free on {self.device}; {self.suggestions_text()}"
         )
 
     def suggestions(self) -> list[str]:

@@ -182,9 +182,25 @@ def test_memory_that_cannot_fit_is_a_clear_error(images, tmp_path, capsys, monke
     monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: 1024)
     content, style = images
     code, _, err = run([content, style, "-o", tmp_path / "out.png", *TINY], capsys)
-    # Here the style's targets are what does not fit first (the run's own memory would not either).
     assert code == 2 and err.count("\n") == 1 and "1 KiB is free" in err and "--size" in err
     assert not (tmp_path / "out.png").exists()
+
+
+def test_a_run_that_cannot_fit_is_refused_before_the_style_targets(images, tmp_path, capsys, monkeypatch):
+    """A single run's plan is checked from the content's shape before the Stylizer computes the style's
+    targets at every scale (a user waited 125 s, 13 GB, for a refusal at --size 6000)."""
+    import nst_fast.cli.stylize
+    import nst_fast.memory
+
+    monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: 64 * 2**20)
+
+    def no_stylizer(*args, **kwargs):
+        raise AssertionError("the Stylizer was built for a run that cannot fit")
+
+    monkeypatch.setattr(nst_fast.cli.stylize, "Stylizer", no_stylizer)
+    content, style = images
+    code, _, err = run([content, style, "-o", tmp_path / "out.png", "--size", "2048", "--steps", "1"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "64 MiB is free" in err and "--size" in err
 
 
 def test_ctrl_c_exits_130_and_keeps_the_output(images, tmp_path, capsys, monkeypatch):

@@ -71,7 +71,7 @@ def test_a_plan_that_does_not_fit_names_changes_that_do(monkeypatch):
         name = flag[2:]
         change = {name: value if name in ("checkpoint", "precision") else int(value)}
         assert plan.replace(**change).estimate.beyond_loaded <= whole // 2, suggestion
-    with pytest.raises(MemoryFitError, match="GiB is free on cpu; by the estimate, any of these would fit"):
+    with pytest.raises(MemoryFitError, match="MiB is free on cpu; by the estimate, any of these would fit"):
         plan.check_fits()
 
 

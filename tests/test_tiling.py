@@ -120,7 +120,7 @@ def test_tiles_lower_the_memory_estimate_and_the_cli_suggests_them(images, tmp_p
     monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: whole // 2)
     code = main([content, style, "-o", tmp_path / "out.png", "--size", "256", "--checkpoint", "off", "-q"])
     err = capsys.readouterr().err
-    assert code == 2 and "--tile" in err and "--size" in err and "GiB is free" in err, err
+    assert code == 2 and "--tile" in err and "--size" in err and "MiB is free on cpu" in err, err
     assert not (tmp_path / "out.png").exists()
     code = main(
         [

@@ -17,7 +17,7 @@ from ..errors import OptionsError
 from ..atomic import refuse_overwriting_inputs
 from ..image import check_output_path, load_image, save_image
 from ..options import INITS, Options, parse_floats
-from ..plan import schedule
+from ..plan import Plan, resolve_device, schedule
 from ..samples import sample_content, sample_style
 from ..stylizer import Stylizer
 from ..vgg import LAYER_NAMES
@@ -43,7 +43,8 @@ a painting that nst-fast paints itself), so that `nst-fast -o demo.png` works ou
 Other commands (nst-fast COMMAND --help):
   bench    time one optimization iteration per backend, precision and size; table, JSON, plot
   export   write the VGG-19 features, or the whole loss-and-gradient step, as an ONNX graph
-  info     the device, extension, backends and weights this installation has"""
+  info     the device, extension, backends and weights this installation has
+  serve    the HTTP service: a job queue, a web page and metrics (needs the serve extra)"""
 
 EPILOG = """\
 examples:
@@ -136,6 +137,11 @@ def run(args: argparse.Namespace) -> int:
         jobs, styles = batch_jobs(args.content, args.output, args.format, args.bit_depth, others), args.styles
     blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
     start = time.perf_counter()
+    if len(jobs) == 1:
+        # The content's plan is checked before the Stylizer computes the style's targets at every scale:
+        # a run that cannot fit is refused in seconds, not after minutes of style passes (or a kill).
+        shape = tuple(load_image(jobs[0][0], options.max_pixels, copy=False).shape[-2:])
+        Plan.resolve(options, shape, resolve_device(options.device)).check_fits()
     stylizer = Stylizer(styles, options, style_blend=blend)
     say(_describe(stylizer))
     if options.batch_size > 1 and len(jobs) > 1:
