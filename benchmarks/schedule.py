@@ -151,7 +151,8 @@ def table(data: dict) -> str:
         ratio = f"{r['seconds'] / reference_seconds(ref):.3f}" if ref else "–"
         bar = f"{r['output_loss'] / ref['output_loss']:.4f}" if ref else "–"
         sched = " → ".join(f"{s}×{n}" for s, n in r["scales"])
-        extra = ", ".join([f"{k}={v}" for k, v in r["changes"].items() if k != "backend"] + [r.get("note", "")][:1])
+        changes = [f"{k}={v}" for k, v in r["changes"].items() if k != "backend"]
+        extra = ", ".join(changes + [r.get("label") or r.get("note", "")])
         extra = extra.strip(", ")
         hit = r.get("reached")
         reached = f"{hit['step']}, {hit['seconds'] / reference_seconds(ref):.3f}" if hit and ref else "–"

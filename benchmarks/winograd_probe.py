@@ -36,23 +36,15 @@ import torch.nn.functional as F
 from torch.utils.cpp_extension import load_inline
 
 from nst_fast.bench.machine import machine_info
+from nst_fast.vgg import network
 
 OUT = Path(__file__).parent / "results" / "cpu-epyc-2core-winograd.json"
-# (in channels, out channels, side) of VGG-19's convolutions up to conv5_1 for a 256 px square image.
+SIDE = 256  # a square image's side: the layers' sizes below
+# (in channels, out channels, side) of VGG-19's convolutions up to conv5_1, from the network's own table.
 LAYERS = {
-    "conv1_1": (3, 64, 256),
-    "conv1_2": (64, 64, 256),
-    "conv2_1": (64, 128, 128),
-    "conv2_2": (128, 128, 128),
-    "conv3_1": (128, 256, 64),
-    "conv3_2": (256, 256, 64),
-    "conv3_3": (256, 256, 64),
-    "conv3_4": (256, 256, 64),
-    "conv4_1": (256, 512, 32),
-    "conv4_2": (512, 512, 32),
-    "conv4_3": (512, 512, 32),
-    "conv4_4": (512, 512, 32),
-    "conv5_1": (512, 512, 16),
+    layer.name: (layer.in_channels, layer.channels, layer.output_size(SIDE, SIDE)[0])
+    for layer in network("conv5_1")
+    if layer.kind == "conv"
 }
 
 # Lavin & Gray (2016): Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A, a correlation, as torch's conv2d.

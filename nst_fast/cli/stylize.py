@@ -137,11 +137,12 @@ def run(args: argparse.Namespace) -> int:
         jobs, styles = batch_jobs(args.content, args.output, args.format, args.bit_depth, others), args.styles
     blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
     start = time.perf_counter()
+    decoded = None
     if len(jobs) == 1:
         # The content's plan is checked before the Stylizer computes the style's targets at every scale:
         # a run that cannot fit is refused in seconds, not after minutes of style passes (or a kill).
-        shape = tuple(load_image(jobs[0][0], options.max_pixels, copy=False).shape[-2:])
-        Plan.resolve(options, shape, resolve_device(options.device)).check_fits()
+        decoded = load_image(jobs[0][0], options.max_pixels)
+        Plan.resolve(options, tuple(decoded.shape[-2:]), resolve_device(options.device)).check_fits()
     stylizer = Stylizer(styles, options, style_blend=blend)
     say(_describe(stylizer))
     if options.batch_size > 1 and len(jobs) > 1:
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         failures = 0
         for content, output in jobs:
             try:
-                _stylize_one(stylizer, content, output, args, say)
+                _stylize_one(stylizer, content, output, args, say, decoded)
             except (KeyboardInterrupt, OptionsError):
                 raise
             except Exception as e:  # noqa: BLE001 — in a batch, one bad file must not stop the rest
@@ -222,10 +223,12 @@ def _describe(stylizer: Stylizer) -> str:
     return text
 
 
-def _stylize_one(stylizer: Stylizer, content, output: Path, args: argparse.Namespace, say) -> None:
+def _stylize_one(stylizer: Stylizer, content, output: Path, args: argparse.Namespace, say, decoded=None) -> None:
+    """``decoded``: ``content`` already decoded (a single run's, for its early memory check)."""
     start = time.perf_counter()
     name = content if isinstance(content, (str, Path)) else "sample"
-    content = load_image(content, stylizer.options.max_pixels)  # decoded once, for the plan and the run
+    # Decoded once, for the plan and the run.
+    content = load_image(content, stylizer.options.max_pixels) if decoded is None else decoded
     plan = stylizer.plan(content)
     say(f"{name}: estimated peak memory {plan.estimate}")
     plan.check_fits()
