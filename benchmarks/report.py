@@ -360,6 +360,80 @@ def optimizer_variant_tables(path: Path, data: dict) -> list[str]:
     ]
 
 
+def winograd_probe_tables(path: Path, data: dict) -> list[str]:
+    """benchmarks/winograd_probe.py's bf16 probe (NOTES §13c): per layer, the direct convolution against
+    the Winograd products' bound and the prototype; the end-to-end pair."""
+    lines = [
+        f"### Winograd in bf16, a probe (`{path.name}`, {data['machine'].get('host_cpu', '')})",
+        "",
+        "Forward and input gradient of each VGG-19 convolution at 256 px, ms (medians): the engine's direct "
+        "bf16 convolution, the batched products alone of F(2,3) and F(4,3) (the bound), and the F(2,3) prototype.",
+        "",
+        "| layer | in → out | direct | F(2,3) products | F(4,3) products | F(2,3) prototype |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in data["layers"]:
+        lines.append(
+            f"| {r['layer']} | {r['in']} → {r['out']} | {r['direct_ms']:.1f} | {r['gemm_f23_ms']:.1f} "
+            f"| {r['gemm_f43_ms']:.1f} | {r['proto_f23_ms']:.1f} |"
+        )
+    total = data["summary"]["total_ms"]
+    lines.append(
+        f"| all | | {total['direct_ms']:.0f} | {total['gemm_f23_ms']:.0f} | {total['gemm_f43_ms']:.0f} "
+        f"| {total['proto_f23_ms']:.0f} |"
+    )
+    lines += [
+        "",
+        "| workload | form | seconds | median iteration (s) | output loss |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for r in data.get("end_to_end", []):
+        lines.append(
+            f"| {r['workload']} | {r['form']} | {r['seconds']:.1f} | {r['median_iteration_s']:.3f} "
+            f"| {r['output_loss']:.5f} |"
+        )
+    return [*lines, ""]
+
+
+def winograd_fp32_tables(path: Path, data: dict) -> list[str]:
+    """benchmarks/winograd_fp32.py: NNPACK's Winograd against oneDNN per layer and size (NOTES §15)."""
+    lines = [
+        f"### Winograd F(6×6, 3×3) in float32 against direct convolutions (`{path.name}`, "
+        f"{data['machine'].get('host_cpu', '')}, {data['device'].get('mkldnn_bf16') and 'native' or 'no native'} bf16)",
+        "",
+        "Forward and input gradient of each VGG-19 convolution, ms (medians of "
+        f"{data['rounds']}): oneDNN NCHW, oneDNN channels_last (the engine's), Winograd (nst_fast.conv); "
+        "speed-up against the better direct one; Winograd's relative error against float64 (direct: ~1e-6); "
+        "NNPACK's workspace at the layer's first call. **bold**: the layers `conv=auto` runs by Winograd.",
+        "",
+    ]
+    for at in data["sizes"].values():
+        h, w = at["image"]
+        chosen = set(at["rule_layers"])
+        lines += [
+            f"{w}×{h} px:",
+            "",
+            "| layer | positions | direct | channels_last | Winograd | speed-up | error | workspace (MiB) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in at["layers"]:
+            name = f"**{r['layer']}**" if r["layer"] in chosen else r["layer"]
+            ms = r["ms"]
+            lines.append(
+                f"| {name} | {r['positions'][0]}×{r['positions'][1]} | {ms['direct']:.1f} | {ms['direct_cl']:.1f} "
+                f"| {ms['winograd']:.1f} | {r['speedup_vs_best_direct']:.2f} | {r['relative_error']['winograd']:.1e} "
+                f"| {r['workspace_bytes'] / 2**20:.0f} |"
+            )
+        total = at["all_convolutions_ms"]
+        lines += [
+            "",
+            f"All convolutions: {total['direct_cl']:.0f} ms as the engine ran them, {total['with_the_rule']:.0f} ms "
+            f"with the rule ({total['direct_cl'] / total['with_the_rule']:.2f}×).",
+            "",
+        ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -398,8 +472,16 @@ def main(argv: list[str] | None = None) -> int:
             lines += serve_load_tables(path, data)
         elif "independent" in data:
             lines += independent_check_tables(path, data)
+        elif "end_to_end" in data and "accuracy" in data:
+            lines += winograd_probe_tables(path, data)
+        elif "sizes" in data and "device" in data:
+            lines += winograd_fp32_tables(path, data)
+        elif "results" in data:
+            lines += bench_tables(path, data)
+        elif "benchmarks" in data:
+            lines += pytest_benchmark_tables(path, data)
         else:
-            lines += bench_tables(path, data) if "results" in data else pytest_benchmark_tables(path, data)
+            raise SystemExit(f"report.py: {path.name}: no table for this kind of results file; add one here")
         if is_bench_record(data):
             compared.append((path, data))
     if compared:

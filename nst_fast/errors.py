@@ -31,3 +31,8 @@ class DivergedError(NstError):
 
 class Cancelled(NstError):
     """A run was cancelled through its :class:`~nst_fast.control.Cancel` token; it left no output."""
+
+
+def counted(count: int, noun: str) -> str:
+    """``count`` and ``noun`` for a message, the noun plural unless the count is one: "1 style image"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

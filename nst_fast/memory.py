@@ -33,8 +33,9 @@ class MemoryEstimate:
     canvas: int = 0  # when tiled: the whole image, its content image and a band of tiles, at full size
     source: int = 0  # on a CPU: the content image as loaded, at its own resolution, kept for every scale
     loaded_weights: int = 0  # of ``weights``, the float32 ones, loaded before a run (not a part of its own)
+    workspace: int = 0  # Winograd convolutions: NNPACK's per-thread workspace (nst_fast.conv)
 
-    PARTS = ("weights", "kept", "recomputed", "backward", "optimizer", "canvas", "source")
+    PARTS = ("weights", "kept", "recomputed", "backward", "optimizer", "workspace", "canvas", "source")
 
     @property
     def total(self) -> int:
@@ -49,7 +50,9 @@ class MemoryEstimate:
     def __str__(self) -> str:
         gib = 2**30
         parts = ", ".join(
-            f"{k} {getattr(self, k) / gib:.2f}" for k in self.PARTS if getattr(self, k) or k not in ("canvas", "source")
+            f"{k} {getattr(self, k) / gib:.2f}"
+            for k in self.PARTS
+            if getattr(self, k) or k not in ("workspace", "canvas", "source")
         )
         return f"{self.total / gib:.2f} GiB ({parts})"
 
@@ -65,11 +68,13 @@ def estimate(
     batch: int = 1,
     float32_loss_copies: bool = True,
     pooling: str = "avg",
+    workspace: int = 0,
 ) -> MemoryEstimate:
     """Peak memory of one iteration at ``height``×``width`` with activations of ``activation_bytes``.
 
     ``float32_loss_copies``: the loss keeps float32 copies of low-precision activations (the reference
-    operators do; the extension's read them as they are).
+    operators do; the extension's read them as they are). ``workspace``: what the convolutions need
+    beyond their tensors (NNPACK's, for Winograd: :func:`nst_fast.conv.workspace_bytes`).
     """
     last = deepest(layers)
     names = [layer.name for layer in network(last)]
@@ -116,6 +121,7 @@ def estimate(
         backward,
         image * (state + 3),  # + x, its grad, the best x
         loaded_weights=params * 4,
+        workspace=workspace,
     )
 
 

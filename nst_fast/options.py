@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .backends import BACKENDS, DEFAULT_BACKEND
 from .backends.precision import PRECISIONS
-from .errors import OptionsError
+from .conv import CONVS
+from .errors import OptionsError, counted
 from .image import MAX_PIXELS
 from .ops import IMPLS
 from .vgg import POOLINGS, check_layers, min_image_side
@@ -140,6 +141,13 @@ class Options:
         choices=GRAPHS,
     )
     impl: str = _opt("auto", "Gram/style-loss operators: auto, ext (compiled extension), ref (PyTorch)", choices=IMPLS)
+    conv: str = _opt(
+        "auto",
+        "torch backend's 3×3 convolutions: direct (oneDNN), winograd (NNPACK's F(6×6,3×3); float32 on a CPU; "
+        "every convolution from conv1_2 on), auto (winograd in a float32 CPU run of one image, from conv2_1 on "
+        "where a layer has ≥ 2048 positions, as measured faster; else direct)",
+        choices=CONVS,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -188,8 +196,8 @@ class Options:
             raise OptionsError("style_layers must name at least one layer")
         if self.style_layer_weights is not None and len(self.style_layer_weights) != len(self.style_layers):
             raise OptionsError(
-                f"{len(self.style_layer_weights)} style layer weights given for "
-                f"{len(self.style_layers)} style layers ({', '.join(self.style_layers)})"
+                f"{counted(len(self.style_layer_weights), 'style layer weight')} given for "
+                f"{counted(len(self.style_layers), 'style layer')} ({', '.join(self.style_layers)})"
             )
         if self.tile and self.tile < self.min_size:
             raise OptionsError(f"tile must be at least {self.min_size} px for the chosen layers, got {self.tile}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import memory, ops
+from . import conv, memory, ops
 from .backends import Backend, LoopSpec, get
 from .backends.precision import Precision
 from .errors import ImageError, MemoryFitError, OptionsError
@@ -144,6 +144,65 @@ def resolve_impl(options: Options, device: torch.device) -> str:
     return options.impl
 
 
+def winograd_possible(options: Options, backend: Backend, precision: Precision, graph: str, device: torch.device):
+    """Whether a run of these options may compute convolutions by Winograd (:mod:`nst_fast.conv`): the
+    engine, asked for ``auto`` or ``winograd``, in float32, eagerly, on a CPU with NNPACK."""
+    return (
+        options.conv != "direct"
+        and backend.engine
+        and device.type == "cpu"
+        and precision.autocast_dtype is None
+        and graph == "eager"
+        and conv.available()
+    )
+
+
+def channels_last(options: Options, device: torch.device) -> bool:
+    """The layout of a Stylizer's network and its runs' activations, decided once, when it is made:
+    channels_last for the engine (oneDNN's and cuDNN's layout, NOTES §1), but NCHW where its runs may
+    compute convolutions by Winograd, which reads and writes NCHW: converting at every such layer, and
+    the fused operators on the converted maps, cost back most of what it saved at 256 px (NOTES §15)."""
+    backend = get(options.backend)
+    if not backend.channels_last:
+        return False
+    precision = backend.resolve_precision(options.precision, device)
+    graph = resolve_graph(options.graph, device)
+    return not winograd_possible(options, backend, precision, graph, device)
+
+
+def resolve_winograd(
+    options: Options,
+    backend: Backend,
+    precision: Precision,
+    graph: str,
+    checkpoint: bool,
+    device: torch.device,
+    batch: int,
+    height: int,
+    width: int,
+) -> frozenset[str]:
+    """The convolutions a scale of ``height``×``width`` runs by Winograd (:mod:`nst_fast.conv`).
+
+    ``auto``: the measured rule, in float32 eager runs of one image on a CPU without checkpointing (a
+    checkpointed run is short of memory, and NNPACK's workspace is a part of it; a batch's NNPACK path
+    is another algorithm, not measured). ``winograd``: every convolution from conv1_2 on, where it can
+    run at all; :class:`OptionsError` where it cannot."""
+    if options.conv == "direct" or not backend.engine:
+        return frozenset()
+    possible = winograd_possible(options, backend, precision, graph, device)
+    if options.conv == "winograd":
+        if not possible:
+            raise OptionsError(
+                "conv 'winograd' runs NNPACK's float32 CPU convolutions: it needs a CPU with NNPACK, precision "
+                f"fp32 and graph eager (here: device {device.type}, precision {precision.name}, graph {graph}"
+                f"{'' if conv.available() else ', no NNPACK'})"
+            )
+        return conv.winograd_layers(options.layers, height, width, everywhere=True)
+    if not possible or checkpoint or batch > 1:
+        return frozenset()
+    return conv.winograd_layers(options.layers, height, width)
+
+
 def lbfgs_history(numel: int, budget_bytes: int = GIB) -> int:
     """Curvature pairs the engine keeps: 100 (the reference's) while they fit ``budget_bytes``, at least 5."""
     return max(5, min(100, budget_bytes // (8 * numel)))
@@ -220,6 +279,7 @@ class Plan:
         impl = resolve_impl(options, device)
         free = memory.available_bytes(device)
         providers = "cpu" if options.device == "cpu" else None
+        layout = channels_last(options, device)
         scales = []
         for size, steps in schedule(options):
             height, width = longest_side_shape(*content_shape, size)
@@ -228,18 +288,25 @@ class Plan:
             piece = tiles[0]
             history = lbfgs_history(3 * piece.height * piece.width)
 
-            def estimate_with(checkpoint: bool, piece=piece, history=history) -> MemoryEstimate:
-                return _estimate(
-                    options, piece.height, piece.width, precision, checkpoint, device, impl, batch, history
+            def winograd_with(checkpoint: bool, piece=piece) -> frozenset[str]:
+                return resolve_winograd(
+                    options, backend, precision, graph, checkpoint, device, batch, piece.height, piece.width
                 )
 
-            estimate = estimate_with(checkpoint=False)
+            def estimate_with(checkpoint: bool, winograd: frozenset[str], piece=piece, history=history):
+                return _estimate(
+                    options, piece.height, piece.width, precision, checkpoint, device, impl, batch, history, winograd
+                )
+
+            winograd = winograd_with(checkpoint=False)
+            estimate = estimate_with(False, winograd)
             checkpoint = engine and (
                 options.checkpoint == "on"
                 or (options.checkpoint == "auto" and free is not None and estimate.beyond_loaded > free)
             )
             if checkpoint:
-                estimate = estimate_with(checkpoint=True)
+                winograd = winograd_with(checkpoint=True)
+                estimate = estimate_with(True, winograd)
             if len(tiles) > 1:  # the canvas, the content, a band of tiles and its preview, at full size
                 estimate = dataclasses.replace(estimate, canvas=(2 * height + 2 * piece.height) * width * 3 * 4)
             loop = LoopSpec(
@@ -252,6 +319,8 @@ class Plan:
                 history,
                 providers,
                 options.tol,
+                winograd,
+                layout,
             )
             scales.append(ScalePlan(size, height, width, tuple(tiles), loop, estimate))
         peak = max((s.estimate for s in scales), key=lambda e: e.total)
@@ -310,6 +379,8 @@ class Plan:
                 return False
 
         found = []
+        if any(s.loop.winograd for s in self.scales) and fits(conv="direct"):  # NNPACK's workspace
+            found.append("--conv direct")
         if self.backend.engine and opts.checkpoint != "on" and fits(checkpoint="on"):
             found.append("--checkpoint on")
         if self.backend.honours_precision and self.precision.autocast_dtype is None and fits(precision="bf16"):
@@ -329,7 +400,7 @@ class Plan:
     def suggestions_text(self) -> str:
         found = self.suggestions()
         if not found:
-            return "no single change of --checkpoint, --precision, --tile or --size would fit; free some memory"
+            return "no single change of --conv, --checkpoint, --precision, --tile or --size would fit; free some memory"
         return "by the estimate, any of these would fit: " + ", ".join(found)
 
 
@@ -349,6 +420,7 @@ def _estimate(
     impl: str,
     batch: int,
     history: int,
+    winograd: frozenset[str] = frozenset(),
 ) -> MemoryEstimate:
     """One piece's peak: an image of ``height``×``width`` optimized at once."""
     return memory.estimate(
@@ -362,4 +434,5 @@ def _estimate(
         batch=batch,
         float32_loss_copies=impl == "ref" or not ops.extension_serves(device),
         pooling=options.pooling,
+        workspace=conv.workspace_bytes(winograd, height, width, batch),
     )

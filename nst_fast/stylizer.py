@@ -23,7 +23,7 @@ from .backends.precision import Precision
 from .callbacks import Callback, Iterate
 from .color import preserve_colors
 from .control import Cancel, Stop
-from .errors import Cancelled, OptionsError
+from .errors import Cancelled, OptionsError, counted
 from .image import load_image, resize_longest, tensor_to_pil
 from .objective import StyleTransferLoss, build_loss, content_energies, initial_image, style_targets
 from .ops import check_impl
@@ -31,6 +31,7 @@ from .options import Options
 from .plan import (
     Plan,
     ScalePlan,
+    channels_last,
     check_image_size,
     check_style_size,
     resolve_device,
@@ -65,7 +66,9 @@ class Stylizer:
             raise OptionsError("at least one style image is needed")
         blend = [1.0] * len(styles) if style_blend is None else [float(w) for w in style_blend]
         if len(blend) != len(styles):
-            raise OptionsError(f"{len(blend)} style blend weights given for {len(styles)} style images")
+            raise OptionsError(
+                f"{counted(len(blend), 'style blend weight')} given for {counted(len(styles), 'style image')}"
+            )
         if not all(math.isfinite(w) and w >= 0 for w in blend) or max(blend) <= 0:
             raise OptionsError(f"style blend weights must be finite, non-negative and not all zero, got {blend}")
         blend = [w / max(blend) for w in blend]  # no overflow in their sum
@@ -74,7 +77,7 @@ class Stylizer:
         check_impl(opts.impl, self.device)
         weights = load_weights(opts.weights, opts.weights_preprocessing)
         self.model = VGG19(opts.layers, weights, opts.pooling).to(self.device)
-        if get_backend(opts.backend).channels_last:
+        if channels_last(opts, self.device):
             # Once, here, before any target is computed: a layout changed by the first run would give
             # that run's targets other rounding than every later run's (a first call in a process gave
             # another image than the second, up to 103/255 apart).
@@ -113,20 +116,31 @@ class Stylizer:
         return image, build_loss(self.model, image, self.style_targets_by_size[size], self.options, impl=impl)
 
     def stylize_tensor(
-        self, content, callback: Callback | None = None, *, plan: Plan | None = None, cancel: Cancel | None = None
+        self,
+        content,
+        callback: Callback | None = None,
+        *,
+        plan: Plan | None = None,
+        cancel: Cancel | None = None,
+        max_time: float | None = None,
     ) -> torch.Tensor:
         """Like :meth:`stylize`, returning a 1×3×H×W float tensor in [0, 1] on the CPU.
 
         The run follows ``plan`` (default: :meth:`plan` of ``content``): at each of its scales, starting
         from the previous scale's result upscaled, the image is optimized whole or tile by tile
-        (:mod:`nst_fast.tiling`). Past ``max_time`` seconds it stops, between two iterations, and returns
-        the best image it has, upscaled to full size; ``cancel`` (a :class:`~nst_fast.control.Cancel`)
-        ends it, between two iterations, with :class:`~nst_fast.errors.Cancelled`.
+        (:mod:`nst_fast.tiling`). Past ``max_time`` seconds (this call's deadline; default: the option's)
+        it stops, between two iterations, and returns the best image it has, upscaled to full size;
+        ``cancel`` (a :class:`~nst_fast.control.Cancel`) ends it, between two iterations, with
+        :class:`~nst_fast.errors.Cancelled`.
         """
         original = load_image(content, self.options.max_pixels, copy=False)  # only read
         plan = plan or Plan.resolve(self.options, tuple(original.shape[-2:]), self.device)
         self._check_executable(plan, original)
-        return self._run([original], plan, callback, Stop(self.options.max_time, cancel))[0]
+        return self._run([original], plan, callback, Stop(self._max_time(max_time), cancel))[0]
+
+    def _max_time(self, max_time: float | None) -> float | None:
+        """A call's deadline in seconds: ``max_time`` if given (checked as the option is), else the option's."""
+        return self.options.max_time if max_time is None else self.options.replace(max_time=max_time).max_time
 
     def stylize_many(
         self,
@@ -137,6 +151,7 @@ class Stylizer:
         cancel: Cancel | None = None,
         cancel_each: Sequence[Cancel | None] | None = None,
         on_result: Callable[[int, torch.Tensor], object] | None = None,
+        max_time: float | None = None,
     ) -> list[torch.Tensor | None]:
         """Stylize several content images; returns their 1×3×H×W tensors in the order given.
 
@@ -150,14 +165,18 @@ class Stylizer:
         ``cancel_each`` gives each image a token of its own: a cancelled image leaves its batch between
         two iterations (the others go on, as they would have, and faster), gets None as its result and
         no ``on_result``. ``on_result(index, image)`` receives each image as soon as its run ends (to
-        save it before the others are done).
+        save it before the others are done). ``max_time`` (default: the option's) is each run's deadline:
+        a batch's, or an image's alone.
         """
+        max_time = self._max_time(max_time)
         size = self.options.batch_size if batch_size is None else batch_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise OptionsError(f"batch_size must be a positive integer, got {size!r}")
         contents = list(contents)
         if cancel_each is not None and len(cancel_each) != len(contents):
-            raise OptionsError(f"{len(cancel_each)} cancel_each tokens given for {len(contents)} content images")
+            raise OptionsError(
+                f"{counted(len(cancel_each), 'cancel_each token')} given for {counted(len(contents), 'content image')}"
+            )
         originals = [load_image(c, self.options.max_pixels, copy=False) for c in contents]
         plans = [Plan.resolve(self.options, tuple(o.shape[-2:]), self.device) for o in originals]
         groups: dict[object, list[int]] = {}
@@ -173,7 +192,7 @@ class Stylizer:
                     plans[chunk[0]] if len(chunk) == 1 else Plan.resolve(self.options, shape, self.device, len(chunk))
                 )
                 tokens = None if cancel_each is None else [cancel_each[i] for i in chunk]
-                stop = Stop(self.options.max_time, cancel, tokens)
+                stop = Stop(max_time, cancel, tokens)
                 out, held = self._run([originals[i] for i in chunk], plan, callback, stop, chunk)
                 for position, image in zip(held, out.split(1) if held else []):
                     i = chunk[position]
@@ -271,9 +290,17 @@ class Stylizer:
 
         optimize_tiles(image, list(scale.tiles), work)
 
-    def stylize(self, content, callback: Callback | None = None, *, cancel: Cancel | None = None) -> Image.Image:
-        """Stylize ``content`` (path, PIL image or tensor) and return the result as a PIL image."""
-        return tensor_to_pil(self.stylize_tensor(content, callback, cancel=cancel))
+    def stylize(
+        self,
+        content,
+        callback: Callback | None = None,
+        *,
+        cancel: Cancel | None = None,
+        max_time: float | None = None,
+    ) -> Image.Image:
+        """Stylize ``content`` (path, PIL image or tensor) and return the result as a PIL image; ``cancel``
+        and ``max_time`` (this call's deadline in seconds) as for :meth:`stylize_tensor`."""
+        return tensor_to_pil(self.stylize_tensor(content, callback, cancel=cancel, max_time=max_time))
 
 
 def _batch(images: list[torch.Tensor]) -> torch.Tensor:

@@ -193,16 +193,27 @@ class VGG19(nn.Module):
     def last_layer(self) -> str:
         return next(reversed(self.body.keys()))
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, winograd: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+        """The requested activations of ``image``; the convolutions named in ``winograd`` run by
+        Winograd's algorithm (:mod:`nst_fast.conv`: float32 on a CPU), as a run's plan chose."""
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"VGG19 expects an N×3×H×W RGB image, got shape {tuple(image.shape)}")
         x = self.preprocess(image)
         out = {}
-        for name, module in self.body.items():
-            x = module(x)
+        for name in self.body:
+            x = self.layer(name, x, winograd)
             if name in self.layers:
                 out[name] = x
         return {name: out[name] for name in self.layers}
+
+    def layer(self, name: str, x: torch.Tensor, winograd: frozenset[str] = frozenset()) -> torch.Tensor:
+        """Layer ``name`` applied to ``x`` (by Winograd if it is a convolution named in ``winograd``)."""
+        module = self.body[name]
+        if name in winograd:
+            from .conv import winograd_conv  # conv.py reads this module's layer table
+
+            return winograd_conv(x, module)
+        return module(x)
 
     def train(self, mode: bool = True) -> VGG19:
         # Frozen feature extractor: there is no training mode to enter.

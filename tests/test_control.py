@@ -61,6 +61,25 @@ def test_past_max_time_a_run_returns_the_best_image_it_has_at_full_size(backend)
     assert out.shape == CONTENT.shape and torch.isfinite(out).all() and seen[-1] < seen[0]
 
 
+def test_a_call_may_set_its_own_deadline():
+    """One Stylizer per style in a service, each request with its own budget: ``max_time`` per call."""
+    stylizer = Stylizer(STYLE, size=48, steps=100_000)
+    stylizer.stylize_tensor(CONTENT, max_time=0.5)  # the first run in a process pays for set-up
+    for call in (
+        lambda: stylizer.stylize_tensor(CONTENT, max_time=1.0),
+        lambda: stylizer.stylize(CONTENT, max_time=1.0),
+        lambda: stylizer.stylize_many([CONTENT, CONTENT], max_time=1.0, batch_size=2),
+    ):
+        start = time.perf_counter()
+        assert call() is not None and time.perf_counter() - start < 10
+    generous = Stylizer(STYLE, size=48, steps=100_000, max_time=1000.0)
+    start = time.perf_counter()
+    assert generous.stylize_tensor(CONTENT, max_time=1.0).shape == CONTENT.shape  # a call's own overrides it
+    assert time.perf_counter() - start < 10
+    with pytest.raises(nst_fast.OptionsError, match="max_time must be positive"):
+        stylizer.stylize_tensor(CONTENT, max_time=-1)
+
+
 def test_a_deadline_is_spent_over_every_scale_and_tile_in_proportion_to_its_work():
     seen: list[tuple[int, float]] = []  # (side, elapsed) of each iterate
     stylizer = Stylizer(STYLE, size=96, pyramid_start=24, steps=100_000, pyramid_steps=100_000, max_time=3.0)
@@ -126,6 +145,10 @@ def test_the_command_honours_max_time(images, tmp_path, capsys):
         [str(content), str(style), "-o", str(out), "--size", "48", "--steps", "100000", "--max-time", "1", "-q"]
     )
     assert code == 0 and out.is_file() and time.perf_counter() - start < 30
+    code = main([str(content), str(style), "-o", str(out), "--size", "48", "--steps", "100000", "--max-time", "1"])
+    assert code == 0 and "ended early by --max-time 1, after " in capsys.readouterr().err
+    code = main([str(content), str(style), "-o", str(out), "--size", "48", "--steps", "3000", "--tol", "0.01"])
+    assert code == 0 and "ended early by --tol 0.01, after " in capsys.readouterr().err
     code = main([str(content), str(style), "-o", str(out), "--max-time", "0", "-q"])
     assert code == 2 and "max_time must be positive" in capsys.readouterr().err
 

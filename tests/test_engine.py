@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from nst_fast import Stylizer, objective
+from nst_fast.backends.lbfgs import DeviceLBFGS
 from nst_fast.backends.precision import cpu_supports_bf16, resolve_precision
 from nst_fast.errors import NstError
 from nst_fast.image import load_image, resize_longest
-from nst_fast.backends.lbfgs import DeviceLBFGS
 
 CPU = torch.device("cpu")
 
@@ -129,6 +129,9 @@ def _judged(stylizer, content, image):
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_engine_matches_reference_quality_at_equal_steps(tubingen, starry_night, precision):
+    from conftest import skip_unless_native_bf16
+
+    skip_unless_native_bf16(precision)
     content = resize_longest(load_image(tubingen), 96)
     ref = Stylizer(starry_night, size=96, steps=40, backend="reference")
     ref_image = ref.stylize_tensor(content)
@@ -266,10 +269,10 @@ def test_memory_estimate_against_the_allocators_peak(precision, checkpoint):
     """The whole estimate against what a run at 256 px really allocates on this CPU: it decides
     checkpointing and what the CLI says fits, so it must neither fall short nor overshoot by much.
     (Before the backward pass's gradients and oneDNN's weight copies were counted it fell 14-29% short.)"""
+    from conftest import skip_unless_native_bf16
     from nst_fast.bench import measure_memory
 
-    if precision == "bf16" and not cpu_supports_bf16():
-        pytest.skip("this CPU has no native bf16 (the run would be slow, not different)")
+    skip_unless_native_bf16(precision)
     images = torch.rand(1, 3, 192, 256), torch.rand(1, 3, 256, 256)
     row = measure_memory(256, precision, checkpoint, device="cpu", images=images)
     assert 0.8 <= row["peak_bytes"] / row["estimate_bytes"] <= 1.1, row
@@ -321,7 +324,9 @@ PAINTINGS = ["starry_night.jpg", "the_scream.jpg", "shipwreck.jpg", "woman-with-
 @pytest.mark.slow
 @pytest.mark.parametrize("photo", PHOTOS)
 def test_bf16_stays_finite_on_every_shared_pair(photo):
-    from conftest import shared_image
+    from conftest import shared_image, skip_unless_native_bf16
+
+    skip_unless_native_bf16()
 
     content = shared_image(photo)
     for painting in PAINTINGS:

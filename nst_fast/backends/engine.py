@@ -6,7 +6,8 @@ whose Gram and style-loss math runs in float32 through :mod:`nst_fast.ops`), wit
 semantics. What differs is how an iteration runs:
 
 - the convolutions run under autocast in bf16 or fp16 (or fp32 / TF32), in channels_last layout (the
-  image here; the network's weights once, when the Stylizer is made: a run never changes the model);
+  image here; the network's weights once, when the Stylizer is made: a run never changes the model) —
+  or, where the plan may run them by Winograd (float32 on a CPU: :mod:`nst_fast.conv`), in NCHW;
 - optionally each VGG block is recomputed in the backward pass (``spec.checkpoint``), the network is
   compiled (``graph="compile"``) or the whole iteration is captured in a CUDA graph (``graph="cuda"``);
 - the optimizer is :class:`~nst_fast.backends.lbfgs.DeviceLBFGS` (torch.optim.LBFGS's algorithm
@@ -43,12 +44,12 @@ _COMPILE_LOCK = threading.Lock()
 WARMUP_STEPS = 3
 
 
-def _block_terms(model: VGG19, loss_fn: StyleTransferLoss, block: list[str], x: torch.Tensor):
+def _block_terms(model: VGG19, loss_fn: StyleTransferLoss, block: list[str], x: torch.Tensor, winograd=frozenset()):
     """Run one VGG block from its input; return its output and the content and style terms its layers
     contribute (as tensors, zero where none)."""
     content = style = x.new_zeros((), dtype=torch.float32)
     for name in block:
-        x = model.body[name](x)
+        x = model.layer(name, x, winograd)
         if name in model.layers:
             terms = loss_fn.layer_terms(name, x)
             content = content + terms.get("content", 0.0)
@@ -56,7 +57,7 @@ def _block_terms(model: VGG19, loss_fn: StyleTransferLoss, block: list[str], x: 
     return x, content, style
 
 
-def checkpointed_loss(model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor):
+def checkpointed_loss(model: VGG19, loss_fn: StyleTransferLoss, image: torch.Tensor, winograd=frozenset()):
     """The loss, with each VGG block's activations — and the loss terms computed from them — recomputed
     in the backward pass instead of kept: what autograd keeps falls to the blocks' inputs, and the peak
     to about one block's activations, for the cost of a second forward pass."""
@@ -65,7 +66,7 @@ def checkpointed_loss(model: VGG19, loss_fn: StyleTransferLoss, image: torch.Ten
     for block in model.blocks():
         # No randomness in VGG: skipping the RNG state saves time and lets CUDA graphs capture this.
         x, c, s = torch.utils.checkpoint.checkpoint(
-            _block_terms, model, loss_fn, block, x, use_reentrant=False, preserve_rng_state=False
+            _block_terms, model, loss_fn, block, x, winograd, use_reentrant=False, preserve_rng_state=False
         )
         content, style = content + c, style + s
     terms = {}
@@ -107,8 +108,12 @@ class Evaluator:
         compile: bool = False,  # noqa: A002 — torch.compile's name
         autocast_cache: bool = True,
         batched: bool | None = None,
+        winograd: frozenset[str] = frozenset(),
     ):
         self.model, self.loss_fn, self.image, self.precision = model, loss_fn, image, precision
+        if winograd and (compile or precision.autocast_dtype is not None):
+            raise ValueError("Winograd convolutions run eagerly in float32")
+        self.winograd = winograd
         self.scale = self.FP16_LOSS_SCALE if precision.autocast_dtype == torch.float16 else None
         self.checkpoint = checkpoint
         # A batch of images, each with its own loss (StyleTransferLoss.batch): each one's value is what
@@ -129,8 +134,8 @@ class Evaluator:
             x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=self.autocast_cache
         ):
             if self.checkpoint:
-                return (*checkpointed_loss(self.model, self.loss_fn, x), None)
-            acts = self.network(x)
+                return (*checkpointed_loss(self.model, self.loss_fn, x, self.winograd), None)
+            acts = self.network(x, self.winograd) if self.winograd else self.network(x)
         if self.batched:
             total, each, terms = self.loss_fn.batch(acts, x)
             return total, terms, each
@@ -157,10 +162,18 @@ class _Run:
         if spec.graph == "cuda" and device.type != "cuda":
             raise OptionsError(f"graph 'cuda' captures CUDA graphs and needs a CUDA device, not {device.type}")
         self.spec = spec
-        x = image.detach().clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        self.layout = torch.channels_last if spec.channels_last else torch.contiguous_format  # the network's
+        x = image.detach().clone().contiguous(memory_format=self.layout).requires_grad_(True)
         self.x = x
         self.evaluate = Evaluator(
-            model, loss_fn, x, spec.precision, spec.checkpoint, spec.graph == "compile", spec.graph != "cuda"
+            model,
+            loss_fn,
+            x,
+            spec.precision,
+            spec.checkpoint,
+            spec.graph == "compile",
+            spec.graph != "cuda",
+            winograd=spec.winograd,
         )
         batch = x.shape[0]
         if batch > 1 and spec.graph == "cuda":
@@ -204,11 +217,19 @@ class _Run:
         trajectory goes on as it would have (to the rounding of a smaller batch's convolutions)."""
         index = torch.tensor(rows, device=self.x.device)
         old = self.x
-        x = old.detach().index_select(0, index).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        x = old.detach().index_select(0, index).contiguous(memory_format=self.layout).requires_grad_(True)
         self.x = x
         ev = self.evaluate
         self.evaluate = Evaluator(
-            ev.model, ev.loss_fn.select(rows), x, ev.precision, ev.checkpoint, ev.compile, ev.autocast_cache, True
+            ev.model,
+            ev.loss_fn.select(rows),
+            x,
+            ev.precision,
+            ev.checkpoint,
+            ev.compile,
+            ev.autocast_cache,
+            True,
+            ev.winograd,
         )
         if isinstance(self.optimizer, BatchedLBFGS):
             self.optimizer.keep(rows, x)

@@ -14,6 +14,10 @@ image of a batch, a multiply-add as two FLOPs (a matrix product of M×K by K×N:
   ReLU and pooling forward and backward, the content, style and total-variation terms and their
   gradients. It is under 1% of the total; it is memory-bound, not FLOP-bound.
 
+The convolutions are counted as direct ones also where the plan runs them by Winograd's algorithm
+(:mod:`nst_fast.conv`, float32 on a CPU), which multiplies less: the count is the work an iteration does
+for the loss, not the algorithm's own, so such a run's fraction of the matrix-product peak can exceed 1.
+
 Not counted: the optimizer's update (L-BFGS's two-loop recursion over m curvature pairs, about
 4·m·3·H·W FLOPs: under 0.1% of an iteration at m = 100) and the best-iterate tracking.
 

@@ -45,6 +45,8 @@ class Measurement:
     # counted in the memory): what the fraction of peak compares each round with.
     peak_side: int | None = None
     peak_beside: list[float] | None = None
+    # The convolutions the plan ran by Winograd (nst_fast.conv); the FLOPs still count direct ones.
+    winograd: list[str] | None = None
 
     @property
     def iterations_per_second(self) -> float:
@@ -69,17 +71,21 @@ def measure_step(
     images: tuple[torch.Tensor, torch.Tensor] | None = None,
     graph: str = "auto",
     peak_side: int | None = None,
+    conv: str = "auto",
 ) -> Measurement:
-    """Median time of one optimization iteration of ``backend`` in ``precision`` at ``size`` px; with
+    """Median time of one optimization iteration of ``backend`` in ``precision`` at ``size`` px (``graph``
+    and ``conv`` as the options); with
     ``peak_side``, each timed round follows a short probe of the precision's matrix-product peak at that
     side (:func:`~nst_fast.bench.peak.probe`)."""
     dev = resolve_device(device)
-    available = configurations(dev, list(BACKENDS))
+    available = [(name, p) for name, b in BACKENDS.items() for p in b.precisions_on(dev, native_only=False)]
     if (backend, precision) not in available:
         listed = ", ".join(f"{b}:{p}" for b, p in available)
         raise ValueError(f"no backend {backend!r} in precision {precision!r}; available: {listed}")
     content, style = images or default_images()
-    options = Options(size=size, device=device, backend=backend, precision=precision, graph=graph, pyramid_start=0)
+    options = Options(
+        size=size, device=device, backend=backend, precision=precision, graph=graph, conv=conv, pyramid_start=0
+    )
     content = resize_longest(content, size)
     with PeakMemory(dev) as memory:
         stylizer = Stylizer(style, options)
@@ -111,6 +117,7 @@ def measure_step(
         float(loss),
         peak_side,
         beside or None,
+        sorted(spec.winograd) or None,
     )
 
 
@@ -123,6 +130,7 @@ def measure_step_isolated(
     warmup: int,
     graph: str = "auto",
     peak_side: int | None = None,
+    conv: str = "auto",
 ) -> Measurement:
     """:func:`measure_step` in a fresh Python process (for a CPU's peak-memory figure: memory that the C
     allocator has taken is not given back, and would hide the next configuration's peak)."""
@@ -135,6 +143,7 @@ def measure_step_isolated(
         warmup=warmup,
         graph=graph,
         peak_side=peak_side,
+        conv=conv,
     )
     out = subprocess.run(
         [sys.executable, "-m", "nst_fast.bench", json.dumps(arguments)], capture_output=True, text=True
@@ -154,6 +163,7 @@ def run(
     progress=None,
     graph: str = "auto",
     peak_sides: dict[str, int] | None = None,
+    conv: str = "auto",
 ) -> list[Measurement]:
     """Every (backend, precision) × size, smallest size first; on a CPU each in a process of its own.
     ``peak_sides`` ({precision: side}, e.g. each measured peak's best side) adds a peak probe beside
@@ -166,9 +176,9 @@ def run(
         for size in sorted(sizes):
             side = (peak_sides or {}).get(precision)
             if isolate:
-                m = measure_step_isolated(backend, precision, size, device, rounds, warmup, graph, side)
+                m = measure_step_isolated(backend, precision, size, device, rounds, warmup, graph, side, conv)
             else:
-                m = measure_step(backend, precision, size, device, rounds, warmup, images, graph, side)
+                m = measure_step(backend, precision, size, device, rounds, warmup, images, graph, side, conv)
             results.append(m)
             if progress is not None:
                 progress(m)

@@ -8,7 +8,7 @@ import argparse
 
 import torch
 
-from .. import __version__, _ext, bench, selfcheck
+from .. import __version__, _ext, bench, conv, selfcheck
 from ..backends import BACKENDS, get
 from ..errors import OptionsError
 from ..options import GRAPHS, Options, split_list
@@ -36,6 +36,12 @@ def build_bench_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=GRAPHS,
         help="how the torch backend's steps run, as for stylizing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--conv",
+        default="auto",
+        choices=conv.CONVS,
+        help="the torch backend's 3×3 convolutions, as for stylizing: auto, direct, winograd (default: %(default)s)",
     )
     parser.add_argument(
         "--rounds", type=int, default=5, help="timed iterations per configuration (default: %(default)s)"
@@ -139,6 +145,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "rounds": args.rounds,
         "warmup": args.warmup,
         "graph": args.graph,
+        "conv": args.conv,
         "what": "one optimization iteration as the backend's loop repeats it, default options at one scale",
     }
     quality = None
@@ -174,7 +181,9 @@ def run_bench(args: argparse.Namespace) -> int:
             f"{args.rounds} timed iterations each)"
         )
         sides = {p: peak.side for p, peak in peaks.items()}  # a probe beside every timed round
-        results = bench.run(sizes, backends, args.device, args.rounds, args.warmup, graph=args.graph, peak_sides=sides)
+        results = bench.run(
+            sizes, backends, args.device, args.rounds, args.warmup, graph=args.graph, peak_sides=sides, conv=args.conv
+        )
         record["results"] = bench.result_rows(results, peaks)
         save()
         if not args.quiet:
@@ -255,6 +264,16 @@ def build_info_parser() -> argparse.ArgumentParser:
     )
 
 
+def _winograd_line(device: torch.device) -> str:
+    """Whether --conv auto runs convolutions by Winograd here, and why not when it does not."""
+    if not conv.available():
+        return "unavailable (this PyTorch has no NNPACK for this CPU): direct convolutions"
+    precision = get(Options().backend).resolve_precision("auto", device)
+    if device.type != "cpu" or precision.autocast_dtype is not None:
+        return f"NNPACK available; --conv auto stays direct here ({device.type}, {precision.name})"
+    return "NNPACK F(6×6,3×3): --conv auto uses it in float32 CPU runs, in the layers with enough positions"
+
+
 def run_info(args: argparse.Namespace) -> int:
     info = bench.machine_info()
     try:
@@ -276,6 +295,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("extension", extension if _ext.AVAILABLE else f"not loaded ({_ext.IMPORT_ERROR})"),
         ("self-check", selfcheck.status()),
         ("backends", ", ".join(backends)),
+        ("winograd", _winograd_line(device)),
         ("weights", f"caffe: {weights}"),
     ]
     for key, value in rows:

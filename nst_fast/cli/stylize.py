@@ -230,21 +230,33 @@ def _stylize_one(stylizer: Stylizer, content, output: Path, args: argparse.Names
     # Decoded once, for the plan and the run.
     content = load_image(content, stylizer.options.max_pixels) if decoded is None else decoded
     plan = stylizer.plan(content)
-    say(f"{name}: estimated peak memory {plan.estimate}")
+    winograd = max((len(s.loop.winograd) for s in plan.scales), default=0)
+    by_winograd = f"; up to {winograd} of VGG's convolutions by Winograd (--conv)" if winograd else ""
+    say(f"{name}: estimated peak memory {plan.estimate}{by_winograd}")
     plan.check_fits()
     save_args = {"bit_depth": args.bit_depth, **({} if args.quality is None else {"quality": args.quality})}
     progress = None if args.quiet else ProgressBar(plan.total_steps)
     trace = JsonTrace() if args.log_json else None
     saver = SaveEvery(output, args.save_every, **save_args) if args.save_every else None
+    ran = [0]  # iterations run: fewer than planned when --max-time or --tol ended the run early
+
+    def count(_) -> None:
+        ran[0] += 1
+
     try:
-        result = stylizer.stylize_tensor(content, callback=Callbacks(progress, trace, saver), plan=plan)
+        result = stylizer.stylize_tensor(content, callback=Callbacks(progress, trace, saver, count), plan=plan)
     finally:
         if progress is not None:
             progress.close()
         if trace is not None:
             trace.write(args.log_json)
     save_image(result, output, **save_args)
-    say(f"wrote {output} ({result.shape[-1]}×{result.shape[-2]}) in {time.perf_counter() - start:.1f} s")
+    elapsed = time.perf_counter() - start
+    if ran[0] < plan.total_steps:
+        limit = stylizer.options.max_time
+        why = f"--max-time {limit:g}" if limit is not None and elapsed >= limit else f"--tol {stylizer.options.tol:g}"
+        say(f"{name}: ended early by {why}, after {ran[0]} of {plan.total_steps} planned iterations")
+    say(f"wrote {output} ({result.shape[-1]}×{result.shape[-2]}) in {elapsed:.1f} s")
 
 
 def batch_jobs(

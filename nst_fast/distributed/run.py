@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import refuse_overwriting_inputs
-from ..errors import OptionsError
+from ..errors import OptionsError, counted
 from ..image import check_output_path, load_image
 from ..options import INITS, Options
 from ..plan import check_style_size
@@ -213,7 +213,7 @@ def _read_styles(style, options: Options) -> tuple[list[Path], list[tuple[str, b
 def _blend(style_blend: Sequence[float] | None, count: int) -> list[float]:
     blend = [1.0] * count if style_blend is None else [float(w) for w in style_blend]
     if len(blend) != count:
-        raise OptionsError(f"{len(blend)} style blend weights given for {count} style images")
+        raise OptionsError(f"{counted(len(blend), 'style blend weight')} given for {counted(count, 'style image')}")
     if not all(math.isfinite(w) and w >= 0 for w in blend) or max(blend) <= 0:
         raise OptionsError(f"style blend weights must be finite, non-negative and not all zero, got {blend}")
     return blend

@@ -103,7 +103,7 @@ def memory_message(plan: Plan) -> str:
     advice = (
         "by the estimate, any one of these options would fit: " + ", ".join(changes)
         if changes
-        else "no single change of checkpoint, precision, tile or size would fit"
+        else "no single change of conv, checkpoint, precision, tile or size would fit"
     )
     return (
         f"this job needs about {plan.estimate.beyond_loaded / GIB:.1f} GiB but {plan.free_bytes / GIB:.1f} GiB "
