@@ -4,6 +4,10 @@ One class per condition, all :class:`NstError`; library code raises them ``from`
 where there is one, so that a library user keeps the cause while the CLI still prints one line.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
 
 class NstError(Exception):
     """Base class of every error caused by input (images, options, weights, devices)."""
@@ -22,7 +26,18 @@ class WeightsError(NstError):
 
 
 class MemoryFitError(NstError):
-    """A run would need more memory than the device has free; the message names changes that fit."""
+    """A run would need more memory than the device has free; the message names changes that fit.
+
+    ``reason`` is the message less its advice, and ``changes`` the single option changes that would fit,
+    as :class:`~nst_fast.options.Options` fields (``[{"checkpoint": "on"}, {"tile": 512}]``, or ``[]``:
+    none would), from a plan's :meth:`~nst_fast.plan.Plan.check_fits`; None where the message gives its own
+    remedy. A front end spells them its own way (:func:`nst_fast.plan.fit_advice`: the CLI as flags, the
+    server as request options)."""
+
+    def __init__(self, message: str, reason: str | None = None, changes: Sequence[Mapping[str, object]] | None = None):
+        super().__init__(message)
+        self.reason = message if reason is None else reason
+        self.changes = None if changes is None else [dict(change) for change in changes]
 
 
 class DivergedError(NstError):

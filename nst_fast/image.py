@@ -73,6 +73,23 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
         Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
+# EXIF orientations that turn the image a quarter (transpose, 90°, transverse, 270°): width and height swap.
+_QUARTER_TURNS = {5, 6, 7, 8}
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file as :func:`load_image` would return it (EXIF orientation applied),
+    from its header alone: to plan a run before decoding. :class:`ImageError` if it cannot be read."""
+    path = Path(path).expanduser()
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            quarter = im.getexif().get(0x0112) in _QUARTER_TURNS
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError):
+        raise ImageError(f"cannot read image {path}") from None
+    return (width, height) if quarter else (height, width)
+
+
 def _tiff_16bit_rgb(path) -> bool:
     """Whether ``path`` is a TIFF of 16-bit RGB (which Pillow decodes to 8 bits) with no rotation to apply."""
     with Image.open(path) as image:

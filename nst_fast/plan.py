@@ -11,6 +11,8 @@ admits or refuses a request by it.
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -363,13 +365,16 @@ class Plan:
         """Raise :class:`MemoryFitError`, naming the single changes that would fit, unless the run fits."""
         if self.fits:
             return
-        raise MemoryFitError(
+        reason = (
             f"this run needs about {memory.readable(self.estimate.beyond_loaded)} but "
-            f"{memory.readable(self.free_bytes)} is free on {self.device}; {self.suggestions_text()}"
+            f"{memory.readable(self.free_bytes)} is free on {self.device}"
         )
+        changes = self.suggestions()
+        raise MemoryFitError(f"{reason}; {fit_advice(changes)}", reason, changes)
 
-    def suggestions(self) -> list[str]:
-        """The single changes of options (as CLI flags) that would fit in the free memory, by the estimate."""
+    def suggestions(self) -> list[dict[str, object]]:
+        """The single option changes that would fit in the free memory, by the estimate, as Options fields
+        (``[{"checkpoint": "on"}, {"tile": 512}, {"size": 768}]``)."""
         opts, free = self.options, self.free_bytes
 
         def fits(**change) -> bool:
@@ -378,30 +383,53 @@ class Plan:
             except (ImageError, OptionsError):  # a change that cannot run at all does not fit
                 return False
 
-        found = []
-        if any(s.loop.winograd for s in self.scales) and fits(conv="direct"):  # NNPACK's workspace
-            found.append("--conv direct")
-        if self.backend.engine and opts.checkpoint != "on" and fits(checkpoint="on"):
-            found.append("--checkpoint on")
-        if self.backend.honours_precision and self.precision.autocast_dtype is None and fits(precision="bf16"):
-            found.append("--precision bf16")
+        candidates = []
+        if any(s.loop.winograd for s in self.scales):  # NNPACK's workspace
+            candidates.append({"conv": "direct"})
+        if self.backend.engine and opts.checkpoint != "on":
+            candidates.append({"checkpoint": "on"})
+        if self.backend.honours_precision and self.precision.autocast_dtype is None:
+            candidates.append({"precision": "bf16"})
+        found = [change for change in candidates if fits(**change)]
         largest = opts.tile or opts.size
         smallest = max(64, 2 * opts.min_size, 2 * opts.tile_overlap + 1 if opts.tile_overlap is not None else 0)
         tile = next((t for t in (largest >> k for k in range(1, 8)) if t >= smallest and fits(tile=t)), None)
         if tile:
-            found.append(f"--tile {tile}")
+            found.append({"tile": tile})
         size = opts.size * 3 // 4
         while size >= opts.min_size and not fits(size=size):
             size = size * 3 // 4
         if size >= opts.min_size:
-            found.append(f"--size {size}")
+            found.append({"size": size})
         return found
 
-    def suggestions_text(self) -> str:
-        found = self.suggestions()
-        if not found:
-            return "no single change of --conv, --checkpoint, --precision, --tile or --size would fit; free some memory"
-        return "by the estimate, any of these would fit: " + ", ".join(found)
+
+@dataclass(frozen=True)
+class Spelling:
+    """How a front end names an option and its value: the library as Options fields (``tile=512``), the
+    CLI as flags (``--tile 512``), the server as a request's JSON options (``"tile": 512``)."""
+
+    name: Callable[[str], str]
+    joiner: str
+    value: Callable[[object], str]
+
+    def change(self, name: str, value: object) -> str:
+        return f"{self.name(name)}{self.joiner}{self.value(value)}"
+
+
+AS_FIELD = Spelling(str, "=", repr)
+AS_FLAG = Spelling(lambda name: "--" + name.replace("_", "-"), " ", str)
+AS_REQUEST = Spelling(json.dumps, ": ", json.dumps)
+
+
+def fit_advice(changes: list[dict[str, object]], spelling: Spelling = AS_FIELD) -> str:
+    """The advice of a :class:`MemoryFitError`: ``changes`` (:meth:`Plan.suggestions`) in ``spelling``."""
+    if not changes:
+        names = ", ".join(map(spelling.name, ("conv", "checkpoint", "precision", "tile", "size")))
+        return f"no single change of {names} would fit; free some memory"
+    return "by the estimate, any of these would fit: " + ", ".join(
+        spelling.change(name, value) for change in changes for name, value in change.items()
+    )
 
 
 def _tiles(options: Options, height: int, width: int) -> list[Tile]:

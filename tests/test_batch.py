@@ -167,7 +167,7 @@ def test_the_command_batches_a_directory(images, tmp_path, capsys):
     argv = [photos, style, "-o", styled, "--size", "48", "--steps", "3", "--batch-size", "2"]
     code = main([str(a) for a in argv])
     err = capsys.readouterr().err
-    assert code == 1 and "broken.png" in err and err.count("error") == 1
+    assert code == 3 and "broken.png" in err and err.count("error") == 1
     assert sorted(p.name for p in styled.iterdir()) == ["a.png", "b.png", "c.png", "wide.png"]
     code = main([str(a) for a in [*argv, "--save-every", "1"]])
     assert code == 2 and "without --batch-size" in capsys.readouterr().err

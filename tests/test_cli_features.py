@@ -124,13 +124,21 @@ def test_batch_directory_reports_a_bad_file_and_does_the_rest(images, tmp_path, 
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (photos / "notes.txt").write_text("not an image")
     code, _, err = run([photos, style, "-o", styled, "--format", "jpg", *TINY], capsys)
-    assert code == 1
+    assert code == 3  # some failed, the rest written: as with --ray
     assert sorted(p.name for p in styled.iterdir()) == ["a.jpg", "b.jpg"]
     assert "broken.png" in err and err.count("error") == 1
     code, _, _ = run([str(photos / "*.jpg"), style, "-o", styled, *TINY], capsys)
     assert code == 0 and (styled / "b.png").is_file()
-    code, _, err = run([photos, style, "-o", tmp_path / "nowhere", *TINY], capsys)
-    assert code == 2 and "existing directory" in err
+    (tmp_path / "a-file").write_text("")
+    code, _, err = run([photos, style, "-o", tmp_path / "a-file", *TINY], capsys)
+    assert code == 2 and "-o must name a directory" in err
+    # -o is made where it does not exist; a batch refused before any work leaves none of it behind.
+    code, _, err = run(
+        [photos, style, "-o", tmp_path / "new" / "deeper", "--format", "jpg", "--bit-depth", "16"], capsys
+    )
+    assert code == 2 and not (tmp_path / "new").exists()
+    code, _, _ = run([str(photos / "*.jpg"), style, "-o", tmp_path / "new" / "deeper", *TINY], capsys)
+    assert code == 0 and (tmp_path / "new" / "deeper" / "b.png").is_file()
 
 
 def test_outputs_never_replace_the_inputs(images, tmp_path, capsys, monkeypatch):
@@ -201,6 +209,27 @@ def test_a_run_that_cannot_fit_is_refused_before_the_style_targets(images, tmp_p
     content, style = images
     code, _, err = run([content, style, "-o", tmp_path / "out.png", "--size", "2048", "--steps", "1"], capsys)
     assert code == 2 and err.count("\n") == 1 and "64 MiB is free" in err and "--size" in err
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_the_style_targets(images, tmp_path, capsys, monkeypatch):
+    """A batch's plans are checked from its files' headers before the Stylizer is built: where none fits,
+    the first one's error, at once; where one does, the batch goes on."""
+    import nst_fast.cli.stylize
+    import nst_fast.memory
+
+    content, style = images
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.open(content).save(photos / name)
+    (photos / "c.png").write_bytes(b"not an image")  # skipped by the check, reported by its own run
+    monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: 64 * 2**20)
+    built = []
+    monkeypatch.setattr(nst_fast.cli.stylize, "Stylizer", lambda *a, **k: built.append(1) / 0)
+    code, _, err = run([photos, style, "-o", tmp_path / "out", "--size", "2048", "--steps", "1"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "64 MiB is free" in err and "--size" in err and not built
+    code, _, _ = run([photos, style, "-o", tmp_path / "out", *TINY], capsys)
+    assert built  # this one fits: the batch goes on to build its Stylizer (here: the stub's error)
 
 
 def test_ctrl_c_exits_130_and_keeps_the_output(images, tmp_path, capsys, monkeypatch):

@@ -172,4 +172,4 @@ def test_where_only_the_workspace_does_not_fit_the_plan_says_conv_direct_would(m
     free = direct.beyond_loaded + with_it.workspace // 2  # room for the run, not for NNPACK's workspace
     monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: free)
     plan = Plan.resolve(options, shape, CPU)
-    assert not plan.fits and "--conv direct" in plan.suggestions()
+    assert not plan.fits and {"conv": "direct"} in plan.suggestions()

@@ -7,8 +7,9 @@
 
 The modules parse, print and map errors to exit codes; the work is the library's. Every error caused
 by input ends with one line on stderr and a non-zero exit code: 2 for bad usage or input, 1 for a
-failure while running, 130 when interrupted; 3 when a collection on Ray (``--ray``) finished with some
-images failed (each named in its summary and manifest).
+failure while running, 130 when interrupted; 3 when a batch (a directory or glob of content images,
+with or without ``--ray``) finished with some images failed (each named on stderr; with ``--ray``, in
+its manifest too) and the others written.
 """
 
 from __future__ import annotations

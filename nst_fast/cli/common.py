@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 from ..atomic import unwritable
-from ..errors import NstError, OptionsError
+from ..errors import MemoryFitError, NstError, OptionsError
 from ..options import Options, value_type
+from ..plan import AS_FLAG, fit_advice
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_SOME_FAILED = 3  # a batch (a directory or glob; with or without --ray) in which some images failed
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -31,6 +33,10 @@ def guarded(run, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("nst-fast: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryFitError as e:  # the changes that would fit, as this command's flags
+        advice = "" if e.changes is None else f"; {fit_advice(e.changes, AS_FLAG)}"
+        print(f"nst-fast: error: {e.reason}{advice}", file=sys.stderr)
+        return EXIT_USAGE
     except NstError as e:
         print(f"nst-fast: error: {e}", file=sys.stderr)
         return EXIT_USAGE

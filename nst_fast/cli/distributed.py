@@ -19,9 +19,7 @@ from pathlib import Path
 
 from ..errors import OptionsError
 from ..options import parse_floats
-from .common import EXIT_OK, check_at_least, options_from, say_unless
-
-EXIT_SOME_FAILED = 3
+from .common import EXIT_OK, EXIT_SOME_FAILED, check_at_least, options_from, say_unless
 
 
 def add_ray_flags(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +44,8 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="CPUs per actor, and torch threads in it (default: 4 on CPU nodes, 1 beside a GPU)",
+        help="CPUs per actor, and torch threads in it (default: 4 on CPU nodes, or the largest node's CPUs if fewer; "
+        "1 beside a GPU; more than the largest node has is refused)",
     )
     group.add_argument(
         "--overwrite",
@@ -76,11 +75,11 @@ def run_distributed(args: argparse.Namespace) -> int:
     from ..distributed import stylize_dataset
     from .stylize import batch_jobs
 
-    if not Path(args.output).is_dir():
-        raise OptionsError(f"with --ray, -o must name an existing directory: {args.output}")
     if Path(args.content).is_file():
+        if not Path(args.output).is_dir():
+            raise OptionsError(f"with --ray, -o must name an existing directory: {args.output}")
         paths = [args.content]
-    else:
+    else:  # (batch_jobs makes -o if it does not exist yet)
         # (whether an output would replace an input, styles and --init included, stylize_dataset checks)
         paths = [content for content, _ in batch_jobs(args.content, args.output, args.format, args.bit_depth)]
     blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)

@@ -13,17 +13,17 @@ from pathlib import Path
 
 from .. import __version__
 from ..callbacks import Callbacks, JsonTrace, ProgressBar, SaveEvery
-from ..errors import OptionsError
+from ..errors import ImageError, OptionsError
 from ..atomic import refuse_overwriting_inputs
-from ..image import check_output_path, load_image, save_image
+from ..image import check_output_path, image_shape, load_image, save_image
 from ..options import INITS, Options, parse_floats
 from ..plan import Plan, resolve_device, schedule
 from ..samples import sample_content, sample_style
 from ..stylizer import Stylizer
 from ..vgg import LAYER_NAMES
 from .common import (
-    EXIT_FAILURE,
     EXIT_OK,
+    EXIT_SOME_FAILED,
     ArgumentParser,
     add_option_flags,
     check_at_least,
@@ -138,11 +138,13 @@ def run(args: argparse.Namespace) -> int:
     blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
     start = time.perf_counter()
     decoded = None
+    # The contents' plans are checked before the Stylizer computes the style's targets at every scale: a
+    # run that cannot fit is refused in seconds, not after minutes of style passes (or a kill).
     if len(jobs) == 1:
-        # The content's plan is checked before the Stylizer computes the style's targets at every scale:
-        # a run that cannot fit is refused in seconds, not after minutes of style passes (or a kill).
         decoded = load_image(jobs[0][0], options.max_pixels)
         Plan.resolve(options, tuple(decoded.shape[-2:]), resolve_device(options.device)).check_fits()
+    else:
+        _refuse_unless_one_fits([content for content, _ in jobs], options)
     stylizer = Stylizer(styles, options, style_blend=blend)
     say(_describe(stylizer))
     if options.batch_size > 1 and len(jobs) > 1:
@@ -161,7 +163,24 @@ def run(args: argparse.Namespace) -> int:
                 _report(content, e)
     if len(jobs) > 1:
         say(f"stylized {len(jobs) - failures} of {len(jobs)} images in {time.perf_counter() - start:.1f} s")
-    return EXIT_FAILURE if failures else EXIT_OK
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def _refuse_unless_one_fits(contents: list[str], options: Options) -> None:
+    """A batch goes on (each file then checked as it comes) once one file's plan fits, from its header;
+    where none does, the first one's :class:`MemoryFitError` — so that a --size too large for every file
+    is refused at once. Files that cannot be read are left to their own run's error."""
+    device, first = resolve_device(options.device), None
+    for content in contents:
+        try:
+            plan = Plan.resolve(options, image_shape(content), device)
+        except ImageError:
+            continue
+        if plan.fits:
+            return
+        first = first or plan
+    if first is not None:
+        first.check_fits()
 
 
 def _report(content, error: Exception) -> None:
@@ -278,14 +297,38 @@ def batch_jobs(
     else:
         if not sources:
             raise OptionsError(f"no images found in {content}")
-        out_dir = Path(output)
-        if not out_dir.is_dir():
-            raise OptionsError(
-                f"for a directory or glob of content images, -o must name an existing directory: {output}"
-            )
-        jobs = [(str(s), check_output_path(out_dir / f"{s.stem}.{fmt}", bit_depth)) for s in sources]
-        names = [o.name for _, o in jobs]
-        if len(set(names)) != len(names):
-            raise OptionsError("two content images share a name: their outputs would overwrite each other")
+        out_dir = Path(os.path.expanduser(output))
+        if out_dir.exists() and not out_dir.is_dir():
+            raise OptionsError(f"for a directory or glob of content images, -o must name a directory: {output}")
+        made = _make_directory(out_dir)
+        try:
+            jobs = [(str(s), check_output_path(out_dir / f"{s.stem}.{fmt}", bit_depth)) for s in sources]
+            names = [o.name for _, o in jobs]
+            if len(set(names)) != len(names):
+                raise OptionsError("two content images share a name: their outputs would overwrite each other")
+            refuse_overwriting_inputs([o for _, o in jobs], [*(c for c, _ in jobs), *others], "choose another -o")
+        except BaseException:
+            for directory in made:  # a refused batch leaves no directories behind
+                directory.rmdir()
+            raise
+        return jobs
     refuse_overwriting_inputs([o for _, o in jobs], [*(c for c, _ in jobs), *others], "choose another -o")
     return jobs
+
+
+def _make_directory(path: Path) -> list[Path]:
+    """``mkdir -p path``; returns the directories it made, deepest first (to remove them again)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    made = []
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except OSError as e:
+            for done in reversed(made):
+                done.rmdir()
+            raise OptionsError(f"cannot make the output directory {directory}: {e.strerror or e}") from None
+        made.append(directory)
+    return made[::-1]

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ImageError, MemoryFitError, OptionsError
 from ..options import INITS, Options
-from ..plan import GIB, Plan, check_style_size
+from ..plan import AS_REQUEST, GIB, Plan, check_style_size, fit_advice
 from .config import SERVER_OPTIONS, ServeConfig
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options))
@@ -99,20 +99,7 @@ def admit(
 
 def memory_message(plan: Plan) -> str:
     """Why ``plan`` does not fit, and the single option changes that would (as request options)."""
-    changes = [_as_option(flag) for flag in plan.suggestions()]
-    advice = (
-        "by the estimate, any one of these options would fit: " + ", ".join(changes)
-        if changes
-        else "no single change of conv, checkpoint, precision, tile or size would fit"
-    )
     return (
         f"this job needs about {plan.estimate.beyond_loaded / GIB:.1f} GiB but {plan.free_bytes / GIB:.1f} GiB "
-        f"is free on the server's {plan.device.type}; {advice}"
+        f"is free on the server's {plan.device.type}; {fit_advice(plan.suggestions(), AS_REQUEST)}"
     )
-
-
-def _as_option(flag: str) -> str:
-    """ "--tile 1024" → '"tile": 1024' (a request's option), from a plan's suggestion of a CLI flag."""
-    name, _, value = flag.removeprefix("--").partition(" ")
-    value = value if value.lstrip("-").isdigit() else json.dumps(value)
-    return f'"{name.replace("-", "_")}": {value}'
