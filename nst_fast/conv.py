@@ -10,7 +10,7 @@ against float64, twice the direct convolution's). Measured on a 2-core AMD EPYC 
 3.3× per layer, 1.8× over all convolutions at 512 px and 2.1× at 1024 px, in the layers with enough
 positions for their channels (:data:`MIN_WORK`); at fewer, its transforms — the weights' too, anew at
 every call (a 512×512 layer's: 64 MiB) — cost more than it saves, and with three input channels
-(conv1_1) it loses 2×. :func:`winograd_layers` is that rule; the plan applies it.
+(conv1_1) it lost up to 2× at 128–256 px. :func:`winograd_layers` is that rule; the plan applies it.
 
 Only the forward and the input gradient are needed (VGG is frozen): the input gradient of a 3×3
 convolution with padding 1 is the same convolution of the output gradient with the weights flipped in
@@ -38,8 +38,9 @@ CONVS = ("auto", "direct", "winograd")
 # The measured rule (NOTES §15): where Winograd wins on the CPU it was measured on. Its transforms cost in
 # proportion to positions × channels, the multiplications it saves to that × the other side's channels,
 # and each call transforms the weights anew: a layer gains once positions × the smaller of its channel
-# counts reaches 2^19 (1.1–3.3× above it; 0.7–0.9× below, bar one 1.3×). conv1_1 (three input channels)
-# loses 2×; conv1_2 gains only 1.3–1.9× for the largest workspace of all (its 64-channel full-size map),
+# counts reaches 2^19 (1.1–3.3× above it, bar one 0.95×; 0.13–0.9× below it, bar three at 1.3–1.6×).
+# conv1_1 (three input channels) lost up to 2× at 128–256 px; conv1_2 gains 1.3–1.9× for the largest
+# workspace of all (its 64-channel full-size map),
 # so ``auto`` starts after the first pooling; ``winograd`` includes it.
 MIN_IN_CHANNELS = 64
 AUTO_FROM_BLOCK = 2

@@ -7,6 +7,7 @@ import io
 import math
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,21 +74,24 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
         Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
-# EXIF orientations that turn the image a quarter (transpose, 90°, transverse, 270°): width and height swap.
-_QUARTER_TURNS = {5, 6, 7, 8}
-
-
-def image_shape(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) of an image file as :func:`load_image` would return it (EXIF orientation applied),
-    from its header alone: to plan a run before decoding. :class:`ImageError` if it cannot be read."""
+def header_shape(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[int, int]:
+    """(height, width) of an image file as stored, from its header alone (nothing is decoded): to plan a
+    run before reading the image. EXIF orientation is not applied — it may swap the two, which changes
+    neither the pixels a run optimizes nor, by the estimate, its memory. :class:`ImageError` if the file
+    cannot be read or is above ``max_pixels`` (default :data:`MAX_PIXELS`), as :func:`read_image`."""
     path = Path(path).expanduser()
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-            quarter = im.getexif().get(0x0112) in _QUARTER_TURNS
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError):
+        with warnings.catch_warnings():
+            # Pillow's own bomb check, at open; ours (the limit) follows. Opening reads the header only.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
         raise ImageError(f"cannot read image {path}") from None
-    return (width, height) if quarter else (height, width)
+    if width * height > limit:
+        raise ImageError(f"image too large: {path} is {width}×{height} px, above the limit of {limit} px")
+    return height, width
 
 
 def _tiff_16bit_rgb(path) -> bool:

@@ -144,8 +144,8 @@ class Options:
     conv: str = _opt(
         "auto",
         "torch backend's 3×3 convolutions: direct (oneDNN), winograd (NNPACK's F(6×6,3×3); float32 on a CPU; "
-        "every convolution from conv1_2 on), auto (winograd in a float32 CPU run of one image, from conv2_1 on "
-        "where a layer has ≥ 2048 positions, as measured faster; else direct)",
+        "every convolution from conv1_2 on), auto (winograd in a float32, uncheckpointed CPU run of one image, "
+        "from conv2_1 on where positions × the smaller channel count reach 2^19, as measured faster; else direct)",
         choices=CONVS,
     )
 

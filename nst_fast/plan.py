@@ -162,14 +162,21 @@ def winograd_possible(options: Options, backend: Backend, precision: Precision, 
 def channels_last(options: Options, device: torch.device) -> bool:
     """The layout of a Stylizer's network and its runs' activations, decided once, when it is made:
     channels_last for the engine (oneDNN's and cuDNN's layout, NOTES §1), but NCHW where its runs may
-    compute convolutions by Winograd, which reads and writes NCHW: converting at every such layer, and
-    the fused operators on the converted maps, cost back most of what it saved at 256 px (NOTES §15)."""
+    compute convolutions by Winograd, which reads and writes NCHW: converting at every such layer cost
+    back half of what it saved (NOTES §15). "May": Winograd possible for these options, not checkpointed,
+    and chosen by the rule for a square image at the largest scale or tile. (A Stylizer used only for
+    batches runs NCHW with direct convolutions: batches keep them, but the layout is decided before any
+    batch is seen; ``conv="direct"`` keeps channels_last.)"""
     backend = get(options.backend)
     if not backend.channels_last:
         return False
     precision = backend.resolve_precision(options.precision, device)
     graph = resolve_graph(options.graph, device)
-    return not winograd_possible(options, backend, precision, graph, device)
+    if not winograd_possible(options, backend, precision, graph, device) or options.checkpoint == "on":
+        return True
+    # Where even a square image at the largest scale (or tile) would run no layer by Winograd, none will.
+    side = min(options.size, options.tile or options.size)
+    return options.conv == "auto" and not conv.winograd_layers(options.layers, side, side)
 
 
 def resolve_winograd(
@@ -189,6 +196,10 @@ def resolve_winograd(
     checkpointed run is short of memory, and NNPACK's workspace is a part of it; a batch's NNPACK path
     is another algorithm, not measured). ``winograd``: every convolution from conv1_2 on, where it can
     run at all; :class:`OptionsError` where it cannot."""
+    if options.conv == "winograd" and not backend.engine:
+        raise OptionsError(
+            f"conv 'winograd' is the torch backend's; backend {backend.name!r} computes its own convolutions"
+        )
     if options.conv == "direct" or not backend.engine:
         return frozenset()
     possible = winograd_possible(options, backend, precision, graph, device)
@@ -302,6 +313,10 @@ class Plan:
 
             winograd = winograd_with(checkpoint=False)
             estimate = estimate_with(False, winograd)
+            if winograd and options.conv == "auto" and free is not None and estimate.beyond_loaded > free:
+                direct = estimate_with(False, frozenset())
+                if direct.beyond_loaded <= free:  # NNPACK's workspace alone is too much: direct, not recomputed
+                    winograd, estimate = frozenset(), direct
             checkpoint = engine and (
                 options.checkpoint == "on"
                 or (options.checkpoint == "auto" and free is not None and estimate.beyond_loaded > free)

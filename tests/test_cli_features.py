@@ -228,6 +228,7 @@ def test_a_batch_that_cannot_fit_is_refused_before_the_style_targets(images, tmp
     monkeypatch.setattr(nst_fast.cli.stylize, "Stylizer", lambda *a, **k: built.append(1) / 0)
     code, _, err = run([photos, style, "-o", tmp_path / "out", "--size", "2048", "--steps", "1"], capsys)
     assert code == 2 and err.count("\n") == 1 and "64 MiB is free" in err and "--size" in err and not built
+    assert not (tmp_path / "out").exists()  # the -o it made for the batch is gone with the refusal
     code, _, _ = run([photos, style, "-o", tmp_path / "out", *TINY], capsys)
     assert built  # this one fits: the batch goes on to build its Stylizer (here: the stub's error)
 

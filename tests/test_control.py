@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import nst_fast
-from nst_fast import Cancel, Cancelled, Stylizer
+from nst_fast import Cancel, Cancelled, Options, Stylizer
 from nst_fast.cli import main
 from nst_fast.control import Plateau, Stop
 
@@ -151,6 +151,17 @@ def test_the_command_honours_max_time(images, tmp_path, capsys):
     assert code == 0 and "ended early by --tol 0.01, after " in capsys.readouterr().err
     code = main([str(content), str(style), "-o", str(out), "--max-time", "0", "-q"])
     assert code == 2 and "max_time must be positive" in capsys.readouterr().err
+
+
+def test_an_early_end_names_what_may_have_ended_it():
+    from nst_fast.cli.stylize import _early_because
+
+    # A scale or tile may end at its share of the deadline while the run as a whole finishes in time.
+    assert _early_because(Options(max_time=10), elapsed=3) == " by --max-time 10"
+    assert _early_because(Options(max_time=10, tol=0.01), elapsed=3) == " by --max-time 10 or --tol 0.01"
+    assert _early_because(Options(max_time=10, tol=0.01), elapsed=11) == " by --max-time 10"
+    assert _early_because(Options(tol=0.01), elapsed=3) == " by --tol 0.01"
+    assert _early_because(Options(), elapsed=3) == ""
 
 
 def test_stylize_takes_a_cancel_token():

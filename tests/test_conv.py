@@ -13,7 +13,7 @@ from torch import nn
 from nst_fast import Options, Stylizer, conv
 from nst_fast.errors import OptionsError
 from nst_fast.objective import build_loss, evaluate_loss
-from nst_fast.plan import Plan
+from nst_fast.plan import Plan, channels_last
 from nst_fast.vgg import VGG19
 
 CPU = torch.device("cpu")
@@ -59,7 +59,9 @@ def test_channels_last_input_and_a_repeat_give_the_same_bytes():
     x = torch.rand(1, 64, 30, 20, generator=torch.Generator().manual_seed(4))
     first = conv.winograd_conv(x, layer)
     assert torch.equal(first, conv.winograd_conv(x, layer))
-    assert torch.equal(first, conv.winograd_conv(x.contiguous(memory_format=torch.channels_last), layer))
+    channels_last = conv.winograd_conv(x.contiguous(memory_format=torch.channels_last), layer)
+    assert torch.equal(first, channels_last) and first.is_contiguous()
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)  # the layout it was given
 
 
 def test_refuses_what_it_cannot_compute():
@@ -122,9 +124,9 @@ def test_the_plan_applies_it_only_where_it_was_measured():
     assert with_it.estimate.total - without.estimate.total == with_it.estimate.workspace
 
 
-@pytest.mark.parametrize("change", [{"precision": "bf16"}, {"graph": "compile"}])
+@pytest.mark.parametrize("change", [{"precision": "bf16"}, {"graph": "compile"}, {"backend": "reference"}])
 def test_asking_for_it_where_it_cannot_run_is_an_error(change):
-    with pytest.raises(OptionsError, match="conv 'winograd'"):
+    with pytest.raises(OptionsError, match="conv 'winograd' (runs NNPACK's|is the torch backend's)"):
         Plan.resolve(Options(size=128, conv="winograd", precision="fp32").replace(**change), (96, 128), CPU)
 
 
@@ -143,6 +145,33 @@ def test_a_run_with_winograd_reaches_the_loss_of_a_direct_run():
         losses[choice] = evaluate_loss(stylizer.model, loss_fn, stylizer.stylize_tensor(content))["total"]
     # The trajectories part by rounding (L-BFGS amplifies it), not by what they minimize.
     assert losses["winograd"] == pytest.approx(losses["direct"], rel=2e-2), losses
+
+
+def test_nnpack_is_made_ready_once_when_two_threads_first_use_it_together(monkeypatch):
+    layer = _conv(64, 64, seed=8)
+    x = torch.rand(1, 64, 40, 30, generator=torch.Generator().manual_seed(9))
+    expected = conv.direct_conv(x, layer)
+    monkeypatch.setattr(conv, "_READY", False)  # as in a fresh process (torch's thread pool is made already)
+    start, results = threading.Barrier(2), [None, None]
+
+    def run(i: int) -> None:
+        start.wait()
+        results[i] = conv.winograd_conv(x, layer)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert conv._READY and torch.equal(results[0], results[1])
+    assert _relative(results[0], expected.double()) < 1e-5
+
+
+def test_the_network_layout_is_nchw_only_where_winograd_may_run():
+    fp32 = Options(size=512, precision="fp32")
+    assert not channels_last(fp32, CPU) and not channels_last(fp32.replace(conv="winograd"), CPU)
+    for change in ({"conv": "direct"}, {"checkpoint": "on"}, {"precision": "bf16"}, {"size": 96}):
+        assert channels_last(fp32.replace(**change), CPU), change  # no run of these could use Winograd
 
 
 def test_runs_with_winograd_are_deterministic_across_threads():
@@ -171,5 +200,9 @@ def test_where_only_the_workspace_does_not_fit_the_plan_says_conv_direct_would(m
     assert with_it.workspace > 0
     free = direct.beyond_loaded + with_it.workspace // 2  # room for the run, not for NNPACK's workspace
     monkeypatch.setattr(nst_fast.memory, "available_bytes", lambda device: free)
-    plan = Plan.resolve(options, shape, CPU)
+    # auto gives Winograd up before it would recompute activations (or refuse): direct, not checkpointed.
+    for choice in ("off", "auto"):
+        plan = Plan.resolve(options.replace(checkpoint=choice), shape, CPU)
+        assert plan.fits and not _winograd(plan) and not plan.scales[-1].loop.checkpoint
+    plan = Plan.resolve(options.replace(conv="winograd"), shape, CPU)  # asked for: kept, and refused
     assert not plan.fits and {"conv": "direct"} in plan.suggestions()

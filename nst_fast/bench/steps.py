@@ -173,12 +173,16 @@ def run(
     images = None if isolate else default_images()
     results = []
     for backend, precision in configurations(dev, backends):
+        engine = BACKENDS[backend].engine
+        if conv == "winograd" and engine and precision != "fp32":
+            continue  # Winograd runs in float32 only: --conv winograd measures the engine's fp32 alone
+        convs = conv if engine else "auto"  # the other backends compute their own convolutions
         for size in sorted(sizes):
             side = (peak_sides or {}).get(precision)
             if isolate:
-                m = measure_step_isolated(backend, precision, size, device, rounds, warmup, graph, side, conv)
+                m = measure_step_isolated(backend, precision, size, device, rounds, warmup, graph, side, convs)
             else:
-                m = measure_step(backend, precision, size, device, rounds, warmup, images, graph, side, conv)
+                m = measure_step(backend, precision, size, device, rounds, warmup, images, graph, side, convs)
             results.append(m)
             if progress is not None:
                 progress(m)

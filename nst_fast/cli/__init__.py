@@ -8,8 +8,8 @@
 The modules parse, print and map errors to exit codes; the work is the library's. Every error caused
 by input ends with one line on stderr and a non-zero exit code: 2 for bad usage or input, 1 for a
 failure while running, 130 when interrupted; 3 when a batch (a directory or glob of content images,
-with or without ``--ray``) finished with some images failed (each named on stderr; with ``--ray``, in
-its manifest too) and the others written.
+with or without ``--ray``) finished with one or more images failed (each named on stderr; with
+``--ray``, in its manifest too), the others written.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ def build_bench_parser() -> argparse.ArgumentParser:
         "--conv",
         default="auto",
         choices=conv.CONVS,
-        help="the torch backend's 3×3 convolutions, as for stylizing: auto, direct, winograd (default: %(default)s)",
+        help="the torch backend's 3×3 convolutions, as for stylizing: auto, direct, winograd (float32 only: its "
+        "other precisions are then not measured) (default: %(default)s)",
     )
     parser.add_argument(
         "--rounds", type=int, default=5, help="timed iterations per configuration (default: %(default)s)"

@@ -33,16 +33,19 @@ def guarded(run, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("nst-fast: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except MemoryFitError as e:  # the changes that would fit, as this command's flags
-        advice = "" if e.changes is None else f"; {fit_advice(e.changes, AS_FLAG)}"
-        print(f"nst-fast: error: {e.reason}{advice}", file=sys.stderr)
-        return EXIT_USAGE
     except NstError as e:
-        print(f"nst-fast: error: {e}", file=sys.stderr)
+        print(f"nst-fast: error: {message(e)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 — mapped to one line
         print(f"nst-fast: failed: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def message(error: Exception) -> str:
+    """An error's message for the command line: a :class:`MemoryFitError`'s changes as flags."""
+    if isinstance(error, MemoryFitError) and error.changes is not None:
+        return f"{error.reason}; {fit_advice(error.changes, AS_FLAG)}"
+    return str(error)
 
 
 def show_library_messages(quiet: bool) -> None:

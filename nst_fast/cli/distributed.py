@@ -73,40 +73,45 @@ def run_distributed(args: argparse.Namespace) -> int:
     check_at_least("--actors", args.actors, 1)
     check_at_least("--actor-cpus", args.actor_cpus, 1)
     from ..distributed import stylize_dataset
-    from .stylize import batch_jobs
+    from .stylize import batch_jobs, remove_empty
 
+    made: list[Path] = []  # directories made for -o
     if Path(args.content).is_file():
         if not Path(args.output).is_dir():
             raise OptionsError(f"with --ray, -o must name an existing directory: {args.output}")
         paths = [args.content]
-    else:  # (batch_jobs makes -o if it does not exist yet)
+    else:  # (batch_jobs makes -o if it does not exist yet: removed again below where nothing was written)
         # (whether an output would replace an input, styles and --init included, stylize_dataset checks)
-        paths = [content for content, _ in batch_jobs(args.content, args.output, args.format, args.bit_depth)]
-    blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
-    say = say_unless(args.quiet)
-    import ray.data  # noqa: F401 — sets up Ray Data's logging, quietened below
+        jobs = batch_jobs(args.content, args.output, args.format, args.bit_depth, made=made)
+        paths = [content for content, _ in jobs]
+    try:
+        blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
+        say = say_unless(args.quiet)
+        import ray.data  # noqa: F401 — sets up Ray Data's logging, quietened below
 
-    # Ray Data's notices about its own execution (which also go to its log file in the Ray session's
-    # logs/ray-data): this process is the command's, and its bar and summary say what happened.
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    summary = stylize_dataset(
-        paths,
-        args.styles,
-        args.output,
-        options_from(args),
-        style_blend=blend,
-        format=args.format,
-        bit_depth=args.bit_depth,
-        quality=args.quality,
-        address=None if args.ray == "local" else args.ray,
-        actors=args.actors,
-        actor_cpus=args.actor_cpus,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        ray_init_args={"logging_level": logging.WARNING},
-    )
-    lines = summary.lines()
-    say(lines[0])
-    for line in lines[1:]:  # failures: printed even with --quiet
-        print(f"nst-fast: error: {line.removeprefix('failed: ')}", file=sys.stderr)
-    return EXIT_OK if summary.ok else EXIT_SOME_FAILED
+        # Ray Data's notices about its own execution (which also go to its log file in the Ray session's
+        # logs/ray-data): this process is the command's, and its bar and summary say what happened.
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        summary = stylize_dataset(
+            paths,
+            args.styles,
+            args.output,
+            options_from(args),
+            style_blend=blend,
+            format=args.format,
+            bit_depth=args.bit_depth,
+            quality=args.quality,
+            address=None if args.ray == "local" else args.ray,
+            actors=args.actors,
+            actor_cpus=args.actor_cpus,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            ray_init_args={"logging_level": logging.WARNING},
+        )
+        lines = summary.lines()
+        say(lines[0])
+        for line in lines[1:]:  # failures: printed even with --quiet
+            print(f"nst-fast: error: {line.removeprefix('failed: ')}", file=sys.stderr)
+        return EXIT_OK if summary.ok else EXIT_SOME_FAILED
+    finally:
+        remove_empty(made)  # where nothing was written in them (a refusal before any image)

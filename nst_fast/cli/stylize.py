@@ -15,7 +15,7 @@ from .. import __version__
 from ..callbacks import Callbacks, JsonTrace, ProgressBar, SaveEvery
 from ..errors import ImageError, OptionsError
 from ..atomic import refuse_overwriting_inputs
-from ..image import check_output_path, image_shape, load_image, save_image
+from ..image import check_output_path, header_shape, load_image, save_image
 from ..options import INITS, Options, parse_floats
 from ..plan import Plan, resolve_device, schedule
 from ..samples import sample_content, sample_style
@@ -28,6 +28,7 @@ from .common import (
     add_option_flags,
     check_at_least,
     check_writable,
+    message,
     options_from,
     say_unless,
 )
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     check_at_least("--save-every", args.save_every, 1)
     if args.log_json is not None:
         check_writable(args.log_json, (".json",))
+    made: list[Path] = []  # directories made for a batch's -o: removed again where nothing was written
     if args.content is None:
         jobs, styles = [(sample_content(), check_output_path(args.output, args.bit_depth))], [sample_style()]
         say("no CONTENT and STYLE given: using the built-in sample photograph and painting")
@@ -134,7 +136,14 @@ def run(args: argparse.Namespace) -> int:
         raise OptionsError("a STYLE image is needed after CONTENT (or give neither, for the built-in samples)")
     else:
         others = [*args.styles, *([] if options.init in INITS else [options.init])]
-        jobs, styles = batch_jobs(args.content, args.output, args.format, args.bit_depth, others), args.styles
+        jobs, styles = batch_jobs(args.content, args.output, args.format, args.bit_depth, others, made), args.styles
+    try:
+        return _run_jobs(args, options, jobs, styles, say)
+    finally:
+        remove_empty(made)
+
+
+def _run_jobs(args: argparse.Namespace, options: Options, jobs: list[tuple[str, Path]], styles, say) -> int:
     blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
     start = time.perf_counter()
     decoded = None
@@ -167,13 +176,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _refuse_unless_one_fits(contents: list[str], options: Options) -> None:
-    """A batch goes on (each file then checked as it comes) once one file's plan fits, from its header;
+    """A batch goes on (each file then checked as it comes) once one file's plan fits, from its header
+    (:func:`~nst_fast.image.header_shape`);
     where none does, the first one's :class:`MemoryFitError` — so that a --size too large for every file
     is refused at once. Files that cannot be read are left to their own run's error."""
     device, first = resolve_device(options.device), None
     for content in contents:
         try:
-            plan = Plan.resolve(options, image_shape(content), device)
+            plan = Plan.resolve(options, header_shape(content, options.max_pixels), device)
         except ImageError:
             continue
         if plan.fits:
@@ -184,7 +194,7 @@ def _refuse_unless_one_fits(contents: list[str], options: Options) -> None:
 
 
 def _report(content, error: Exception) -> None:
-    print(f"nst-fast: error: {content}: {' '.join(str(error).split())}", file=sys.stderr)
+    print(f"nst-fast: error: {content}: {' '.join(message(error).split())}", file=sys.stderr)
 
 
 def _stylize_batches(stylizer: Stylizer, jobs: list[tuple[str, Path]], args: argparse.Namespace, say) -> int:
@@ -272,18 +282,36 @@ def _stylize_one(stylizer: Stylizer, content, output: Path, args: argparse.Names
     save_image(result, output, **save_args)
     elapsed = time.perf_counter() - start
     if ran[0] < plan.total_steps:
-        limit = stylizer.options.max_time
-        why = f"--max-time {limit:g}" if limit is not None and elapsed >= limit else f"--tol {stylizer.options.tol:g}"
-        say(f"{name}: ended early by {why}, after {ran[0]} of {plan.total_steps} planned iterations")
+        say(
+            f"{name}: ended early{_early_because(stylizer.options, elapsed)}, after {ran[0]} of {plan.total_steps} planned iterations"
+        )
     say(f"wrote {output} ({result.shape[-1]}×{result.shape[-2]}) in {elapsed:.1f} s")
 
 
+def _early_because(options: Options, elapsed: float) -> str:
+    """What ended a run before its planned iterations: its deadline (each scale and tile gets a share of
+    it, so one may end early while the run as a whole finishes in time) or its tolerance."""
+    limit, tol = options.max_time, options.tol
+    deadline = f"--max-time {limit:g}" if limit is not None else None
+    if deadline and (tol is None or elapsed >= limit):
+        return f" by {deadline}"
+    if tol is not None:
+        return f" by {deadline} or --tol {tol:g}" if deadline else f" by --tol {tol:g}"
+    return ""
+
+
 def batch_jobs(
-    content: str, output: str, fmt: str, bit_depth: int = 8, others: Sequence[str | os.PathLike] = ()
+    content: str,
+    output: str,
+    fmt: str,
+    bit_depth: int = 8,
+    others: Sequence[str | os.PathLike] = (),
+    made: list[Path] | None = None,
 ) -> list[tuple[str, Path]]:
     """(content image, output path) pairs: one, or — for a directory or glob of images — one per image,
-    written into the output directory as <name>.<format>. No output may be a content image or one of
-    ``others`` (the style images, an initial image): a run must not destroy its own inputs."""
+    written into the output directory as <name>.<format>, which is made if need be (the directories made
+    are added to ``made``, deepest first, for :func:`remove_empty`). No output may be a content image or
+    one of ``others`` (the style images, an initial image): a run must not destroy its own inputs."""
     content = os.path.expanduser(content)  # a quoted ~ too, as image loading reads it
     path = Path(content)
     if path.is_dir():
@@ -300,7 +328,7 @@ def batch_jobs(
         out_dir = Path(os.path.expanduser(output))
         if out_dir.exists() and not out_dir.is_dir():
             raise OptionsError(f"for a directory or glob of content images, -o must name a directory: {output}")
-        made = _make_directory(out_dir)
+        new = _make_directory(out_dir)
         try:
             jobs = [(str(s), check_output_path(out_dir / f"{s.stem}.{fmt}", bit_depth)) for s in sources]
             names = [o.name for _, o in jobs]
@@ -308,12 +336,22 @@ def batch_jobs(
                 raise OptionsError("two content images share a name: their outputs would overwrite each other")
             refuse_overwriting_inputs([o for _, o in jobs], [*(c for c, _ in jobs), *others], "choose another -o")
         except BaseException:
-            for directory in made:  # a refused batch leaves no directories behind
-                directory.rmdir()
+            remove_empty(new)  # a refused batch leaves no directories behind
             raise
+        if made is not None:
+            made.extend(new)
         return jobs
     refuse_overwriting_inputs([o for _, o in jobs], [*(c for c, _ in jobs), *others], "choose another -o")
     return jobs
+
+
+def remove_empty(directories: list[Path]) -> None:
+    """Remove ``directories`` (deepest first) while they are empty: what a batch made and never wrote in."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (or gone): it and those above it stay
+            return
 
 
 def _make_directory(path: Path) -> list[Path]:
