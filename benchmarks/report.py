@@ -484,6 +484,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"report.py: {path.name}: no table for this kind of results file; add one here")
         if is_bench_record(data):
             compared.append((path, data))
+    # Machines against machines: the default convolutions only (a --conv direct file is an experiment on
+    # one machine, in NOTES), the fullest file first, as the baseline the others are divided by.
+    compared = [
+        (p, d) for p, d in compared if ((d.get("workload") or {}).get("iteration") or {}).get("conv", "auto") == "auto"
+    ]
+    compared.sort(key=lambda pd: (-len(pd[1]["results"]) - len(pd[1].get("quality", [])), pd[0].name))
     if compared:
         paths, records = [p for p, _ in compared], [d for _, d in compared]
         lines += comparison_section(paths, records, RESULTS / "comparison.png")

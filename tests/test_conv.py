@@ -206,3 +206,9 @@ def test_where_only_the_workspace_does_not_fit_the_plan_says_conv_direct_would(m
         assert plan.fits and not _winograd(plan) and not plan.scales[-1].loop.checkpoint
     plan = Plan.resolve(options.replace(conv="winograd"), shape, CPU)  # asked for: kept, and refused
     assert not plan.fits and {"conv": "direct"} in plan.suggestions()
+
+
+def test_bench_measures_winograd_in_float32_and_leaves_other_backends_alone():
+    from nst_fast.bench.steps import configurations
+
+    assert configurations(CPU, ["torch", "reference"], "winograd") == [("torch", "fp32"), ("reference", "fp32")]

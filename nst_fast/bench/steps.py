@@ -53,12 +53,20 @@ class Measurement:
         return 1000.0 / self.ms_median
 
 
-def configurations(device: str | torch.device = "cpu", backends: list[str] | None = None) -> list[tuple[str, str]]:
+def configurations(
+    device: str | torch.device = "cpu", backends: list[str] | None = None, conv: str = "auto"
+) -> list[tuple[str, str]]:
     """(backend, precision) pairs worth measuring on ``device``: every available backend's (or those
-    named), in the registry's order."""
+    named), in the registry's order. With ``conv="winograd"``, the engine's float32 alone (Winograd runs
+    in float32 only)."""
     dev = resolve_device(device) if isinstance(device, str) else device
     names = backends or [name for name, b in BACKENDS.items() if b.unavailable() is None]
-    return [(name, precision) for name in names for precision in get(name).precisions_on(dev)]
+    return [
+        (name, precision)
+        for name in names
+        for precision in get(name).precisions_on(dev)
+        if not (conv == "winograd" and get(name).engine and precision != "fp32")
+    ]
 
 
 def measure_step(
@@ -172,11 +180,8 @@ def run(
     isolate = dev.type == "cpu"
     images = None if isolate else default_images()
     results = []
-    for backend, precision in configurations(dev, backends):
-        engine = BACKENDS[backend].engine
-        if conv == "winograd" and engine and precision != "fp32":
-            continue  # Winograd runs in float32 only: --conv winograd measures the engine's fp32 alone
-        convs = conv if engine else "auto"  # the other backends compute their own convolutions
+    for backend, precision in configurations(dev, backends, conv):
+        convs = conv if BACKENDS[backend].engine else "auto"  # the other backends compute their own convolutions
         for size in sorted(sizes):
             side = (peak_sides or {}).get(precision)
             if isolate:

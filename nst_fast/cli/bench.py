@@ -135,7 +135,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.plot and not args.iterations:
         raise OptionsError("--plot draws the iteration benchmark: use it without --no-iterations")
     say = say_unless(args.quiet)
-    configurations = bench.configurations(device, backends) if args.iterations else []
+    configurations = bench.configurations(device, backends, args.conv) if args.iterations else []
     defaults = Options(device=args.device)
     quality_precision = get(defaults.backend).resolve_precision(defaults.precision, device).name
     precisions = [p for _, p in configurations] + ([quality_precision] if quality_sizes else [])
