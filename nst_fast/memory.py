@@ -33,7 +33,7 @@ class MemoryEstimate:
     canvas: int = 0  # when tiled: the whole image, its content image and a band of tiles, at full size
     source: int = 0  # on a CPU: the content image as loaded, at its own resolution, kept for every scale
     loaded_weights: int = 0  # of ``weights``, the float32 ones, loaded before a run (not a part of its own)
-    workspace: int = 0  # Winograd convolutions: NNPACK's per-thread workspace (nst_fast.conv)
+    workspace: int = 0  # Winograd convolutions: NNPACK's per-thread workspace, flipped weights (nst_fast.conv)
 
     PARTS = ("weights", "kept", "recomputed", "backward", "optimizer", "workspace", "canvas", "source")
 

@@ -64,6 +64,17 @@ def test_channels_last_input_and_a_repeat_give_the_same_bytes():
     assert channels_last.is_contiguous(memory_format=torch.channels_last)  # the layout it was given
 
 
+def test_the_input_gradient_weights_are_made_once_and_again_when_the_weight_changes():
+    layer = _conv(64, 32, seed=10)
+    first = conv._flipped_weight(layer)
+    assert conv._flipped_weight(layer) is first and first.shape == (64, 32, 3, 3)
+    with torch.no_grad():
+        layer.weight.mul_(2)
+    again = conv._flipped_weight(layer)
+    assert again is not first and torch.equal(again, 2 * first)
+    assert "_nst_flipped" not in layer.state_dict()
+
+
 def test_refuses_what_it_cannot_compute():
     layer = _conv(64, 64, seed=5)
     with pytest.raises(ValueError, match="float32 on a CPU"):

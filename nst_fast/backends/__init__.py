@@ -86,7 +86,8 @@ class Backend:
 
     def precisions_on(self, device: torch.device, native_only: bool = True) -> tuple[str, ...]:
         """The precisions worth measuring on ``device``: those it runs natively (bf16 on a CPU only with
-        native bf16 kernels: emulated, a bf16 iteration took 7× a float32 one on an AVX2 EPYC); with
+        native bf16 kernels: emulated, a bf16 convolution took about 7.5× a float32 one on an AVX2 EPYC,
+        benchmarks/NOTES.md §15); with
         ``native_only`` False, every precision the backend can run there."""
         found = self.precisions + (self.gpu_precisions if device.type == "cuda" else ())
         if native_only and device.type == "cpu" and not cpu_supports_bf16():

@@ -75,16 +75,15 @@ def run_distributed(args: argparse.Namespace) -> int:
     from ..distributed import stylize_dataset
     from .stylize import batch_jobs, remove_empty
 
-    made: list[Path] = []  # directories made for -o
-    if Path(args.content).is_file():
-        if not Path(args.output).is_dir():
-            raise OptionsError(f"with --ray, -o must name an existing directory: {args.output}")
-        paths = [args.content]
-    else:  # (batch_jobs makes -o if it does not exist yet: removed again below where nothing was written)
-        # (whether an output would replace an input, styles and --init included, stylize_dataset checks)
-        jobs = batch_jobs(args.content, args.output, args.format, args.bit_depth, made=made)
-        paths = [content for content, _ in jobs]
+    made: list[Path] = []  # directories batch_jobs made for -o: removed again below where nothing was written
     try:
+        if Path(args.content).is_file():
+            if not Path(args.output).is_dir():
+                raise OptionsError(f"with --ray, -o must name an existing directory: {args.output}")
+            paths = [args.content]
+        else:  # (whether an output would replace an input, styles and --init included, stylize_dataset checks)
+            jobs = batch_jobs(args.content, args.output, args.format, args.bit_depth, made=made)
+            paths = [content for content, _ in jobs]
         blend = None if args.style_blend is None else parse_floats("style blend weights", args.style_blend)
         say = say_unless(args.quiet)
         import ray.data  # noqa: F401 — sets up Ray Data's logging, quietened below

@@ -128,17 +128,17 @@ def run(args: argparse.Namespace) -> int:
     check_at_least("--save-every", args.save_every, 1)
     if args.log_json is not None:
         check_writable(args.log_json, (".json",))
-    made: list[Path] = []  # directories made for a batch's -o: removed again where nothing was written
     if args.content is None:
         jobs, styles = [(sample_content(), check_output_path(args.output, args.bit_depth))], [sample_style()]
         say("no CONTENT and STYLE given: using the built-in sample photograph and painting")
-    elif not args.styles:
-        raise OptionsError("a STYLE image is needed after CONTENT (or give neither, for the built-in samples)")
-    else:
-        others = [*args.styles, *([] if options.init in INITS else [options.init])]
-        jobs, styles = batch_jobs(args.content, args.output, args.format, args.bit_depth, others, made), args.styles
-    try:
         return _run_jobs(args, options, jobs, styles, say)
+    if not args.styles:
+        raise OptionsError("a STYLE image is needed after CONTENT (or give neither, for the built-in samples)")
+    others = [*args.styles, *([] if options.init in INITS else [options.init])]
+    made: list[Path] = []  # directories made for a batch's -o: removed again where nothing was written
+    try:
+        jobs = batch_jobs(args.content, args.output, args.format, args.bit_depth, others, made)
+        return _run_jobs(args, options, jobs, args.styles, say)
     finally:
         remove_empty(made)
 
@@ -328,19 +328,12 @@ def batch_jobs(
         out_dir = Path(os.path.expanduser(output))
         if out_dir.exists() and not out_dir.is_dir():
             raise OptionsError(f"for a directory or glob of content images, -o must name a directory: {output}")
-        new = _make_directory(out_dir)
-        try:
-            jobs = [(str(s), check_output_path(out_dir / f"{s.stem}.{fmt}", bit_depth)) for s in sources]
-            names = [o.name for _, o in jobs]
-            if len(set(names)) != len(names):
-                raise OptionsError("two content images share a name: their outputs would overwrite each other")
-            refuse_overwriting_inputs([o for _, o in jobs], [*(c for c, _ in jobs), *others], "choose another -o")
-        except BaseException:
-            remove_empty(new)  # a refused batch leaves no directories behind
-            raise
-        if made is not None:
-            made.extend(new)
-        return jobs
+        made = [] if made is None else made
+        made.extend(_make_directory(out_dir))  # checked below as it will be written; the caller removes it
+        jobs = [(str(s), check_output_path(out_dir / f"{s.stem}.{fmt}", bit_depth)) for s in sources]
+        names = [o.name for _, o in jobs]
+        if len(set(names)) != len(names):
+            raise OptionsError("two content images share a name: their outputs would overwrite each other")
     refuse_overwriting_inputs([o for _, o in jobs], [*(c for c, _ in jobs), *others], "choose another -o")
     return jobs
 
@@ -360,13 +353,10 @@ def _make_directory(path: Path) -> list[Path]:
     while not path.exists():
         missing.append(path)
         path = path.parent
-    made = []
-    for directory in reversed(missing):
-        try:
-            directory.mkdir()
-        except OSError as e:
-            for done in reversed(made):
-                done.rmdir()
-            raise OptionsError(f"cannot make the output directory {directory}: {e.strerror or e}") from None
-        made.append(directory)
-    return made[::-1]
+    try:
+        if missing:
+            missing[0].mkdir(parents=True)
+    except OSError as e:
+        remove_empty(missing)  # those it made before the one it could not
+        raise OptionsError(f"cannot make the output directory {missing[0]}: {e.strerror or e}") from None
+    return missing
